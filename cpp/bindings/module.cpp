@@ -1,0 +1,15 @@
+// stemedge._native: the pybind11 module. One init_<area> per binding file.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace stemedge::bind {
+void init_kernels(py::module_& m);
+void init_info(py::module_& m);
+}  // namespace stemedge::bind
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "stemedge native core: CPU kernels, mask plans, build information";
+    stemedge::bind::init_kernels(m);
+    stemedge::bind::init_info(m);
+}
