@@ -43,7 +43,8 @@ inline FrameStackView frame_view(const py::array& a, const char* name) {
     v.det_x = static_cast<std::size_t>(shape[nd - 1]);
     if (v.det_y == 0 || v.det_x == 0)
         throw py::value_error(std::string(name) + ": frames have an empty detector axis");
-    if (static_cast<std::size_t>(strides[nd - 1]) != itemsize(v.dtype) && v.det_x > 1)
+    const bool no_frames = a.size() == 0;  // numpy gives empty arrays arbitrary strides
+    if (!no_frames && static_cast<std::size_t>(strides[nd - 1]) != itemsize(v.dtype) && v.det_x > 1)
         throw py::type_error(std::string(name) + ": pixels within a row must be contiguous (last-axis "
                              "stride " + std::to_string(strides[nd - 1]) + " bytes); pass "
                              "np.ascontiguousarray(" + name + ")");

@@ -1,5 +1,39 @@
-"""stemedge: live 4D-STEM analysis next to the microscope."""
+"""stemedge: live 4D-STEM analysis next to the microscope.
 
+Native CPU kernels for centre of mass / DPC and virtual imaging, a physical simulator, the DPC
+toolkit in physical units, and the `stemedge` command line (``stemedge demo``).
+"""
+
+from __future__ import annotations
+
+from stemedge import dpc, masks, sim
+from stemedge._build import build_info
 from stemedge.calibration import Calibration, interaction_constant, wavelength_A
+from stemedge.kernels import (
+    CenterOfMass,
+    ComAndVirtualImages,
+    center_of_mass,
+    com_and_virtual_images,
+    read_pass,
+    virtual_images,
+)
+from stemedge.masks import MaskSet
 
-__all__ = ["Calibration", "interaction_constant", "wavelength_A"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "Calibration",
+    "CenterOfMass",
+    "ComAndVirtualImages",
+    "MaskSet",
+    "build_info",
+    "center_of_mass",
+    "com_and_virtual_images",
+    "dpc",
+    "interaction_constant",
+    "masks",
+    "read_pass",
+    "sim",
+    "virtual_images",
+    "wavelength_A",
+]
