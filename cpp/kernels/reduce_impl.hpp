@@ -7,6 +7,7 @@
 // the per-row partial sums carried into float64.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -115,12 +116,12 @@ inline A hsum(V v) {
     }
 }
 
-// One span of one row: Σ v (and col[x] += v) over n pixels starting at r, where v is the pixel
+// One span of one row: the lane vector whose sum is Σ v (and col[x] += v) over n pixels starting at r, where v is the pixel
 // (binary) or weight·pixel (weighted), zeroed below the threshold t. `before` is how many pixels
 // of the same row precede r: the tail is handled by one vector that ends at the span's end and
 // masks off the lanes already counted, so no scalar remainder loop and no read past the row.
 template <class T, class A, bool kWeighted, bool kThr, bool kMom>
-inline A span_sum(const T* __restrict r, const float* __restrict w, A* __restrict col,
+inline typename Lanes<T, A>::VA span_sum(const T* __restrict r, const float* __restrict w, A* __restrict col,
                   std::size_t n, std::size_t before, A t) {
     using Ln = Lanes<T, A>;
     using VA = typename Ln::VA;
@@ -157,10 +158,10 @@ inline A span_sum(const T* __restrict r, const float* __restrict w, A* __restric
                 s += v;
                 if constexpr (kMom) col[j] += v;
             }
-            return hsum<A>(acc) + s;
+            acc[0] += s;
         }
     }
-    return hsum<A>(acc);
+    return acc;
 }
 
 template <class A>
@@ -183,6 +184,8 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
                     std::size_t begin, std::size_t end) {
     using Bin = typename Acc<T>::bin;
     using Wt = typename Acc<T>::wt;
+    using VB = typename Lanes<T, Bin>::VA;
+    using VW = typename Lanes<T, Wt>::VA;
     const std::size_t k = p.n_masks(), W = p.det_x();
     const std::size_t nch = n_channels(o, k);
 
@@ -200,9 +203,9 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
         thr_w[m] = has_thr ? threshold_value<Wt>(o.thresholds[m]) : Wt(0);
         code[m] = static_cast<std::uint8_t>(has_thr | (mom << 1) | ((!p.binary(m)) << 2));
     }
-    // Column sums for the x moment: Σx·M·I = Σ_x x·col[x], one integer add per pixel instead of a
-    // multiply; padded so vector tails that start before x = 0 stay inside the buffer.
-    // 64-byte aligned (a vector store that straddles cache lines costs double).
+    // Column sums for the x moment: Σx·M·I = Σ_x x·col[x], one add per pixel instead of a
+    // multiply. 64-byte aligned (a vector store that straddles cache lines costs double) and
+    // padded so vector tails that start before x = 0 stay inside the buffer.
     constexpr std::size_t kPad = 64;
     auto aligned = [](auto& buf) {
         using E = std::remove_reference_t<decltype(buf[0])>;
@@ -214,6 +217,32 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
     Bin* colb = aligned(colb_buf);
     Wt* colw = aligned(colw_buf);
     std::vector<double> S(k), Sy(k);
+
+    // Masks without moments need no per-row sums: their lane vectors are summed over the whole
+    // frame and reduced once (no horizontal sum per span). Integer lanes are flushed to float64
+    // before they could overflow; float32 lanes (weighted masks on 8/16-bit data) are reduced per
+    // span to keep float64 accuracy.
+    std::vector<VB> frame_b(k);
+    std::vector<VW> frame_w(k);
+    constexpr bool kFrameW = std::is_same_v<Wt, double>;
+    std::size_t flush_rows = std::numeric_limits<std::size_t>::max();
+    if constexpr (!std::is_floating_point_v<Bin>) {
+        const double lane_max = static_cast<double>(std::numeric_limits<Bin>::max());
+        const double per_row = static_cast<double>(std::numeric_limits<T>::max()) *
+                               (static_cast<double>(W) / Lanes<T, Bin>::L + 2.0);
+        flush_rows = static_cast<std::size_t>(std::max(1.0, std::floor(lane_max / per_row)));
+    }
+    auto flush = [&] {
+        for (std::size_t m = 0; m < k; ++m) {
+            S[m] += static_cast<double>(hsum<Bin>(frame_b[m]));
+            frame_b[m] = VB{};
+            if constexpr (kFrameW) {
+                S[m] += static_cast<double>(hsum<Wt>(frame_w[m]));
+                frame_w[m] = VW{};
+            }
+        }
+    };
+
     const Span* spans = p.spans().data();
     const std::size_t nspans = p.spans().size();
     const float* weights = p.weights().data();
@@ -222,10 +251,17 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
         const std::uint8_t* fp = f.frame(i);
         std::fill(S.begin(), S.end(), 0.0);
         std::fill(Sy.begin(), Sy.end(), 0.0);
+        std::fill(frame_b.begin(), frame_b.end(), VB{});
+        std::fill(frame_w.begin(), frame_w.end(), VW{});
         std::fill(colb_buf.begin(), colb_buf.end(), Bin(0));
         std::fill(colw_buf.begin(), colw_buf.end(), Wt(0));
+        std::size_t row_of_last_flush = 0;
         for (std::size_t s = 0; s < nspans; ++s) {
             const Span& sp = spans[s];
+            if (sp.row - row_of_last_flush >= flush_rows) {
+                flush();
+                row_of_last_flush = sp.row;
+            }
             const std::size_t m = sp.mask;
             const std::size_t x0 = sp.x0, n = sp.x1 - sp.x0;
             const T* r = f.row<T>(fp, sp.row) + x0;
@@ -234,18 +270,33 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
             const float* w = weights + (sp.weight_offset == kNoWeights ? 0 : sp.weight_offset);
             double a;
             switch (code[m]) {
-                case 0: a = static_cast<double>(span_sum<T, Bin, false, false, false>(r, w, cb, n, x0, thr_b[m])); break;
-                case 1: a = static_cast<double>(span_sum<T, Bin, false, true, false>(r, w, cb, n, x0, thr_b[m])); break;
-                case 2: a = static_cast<double>(span_sum<T, Bin, false, false, true>(r, w, cb, n, x0, thr_b[m])); break;
-                case 3: a = static_cast<double>(span_sum<T, Bin, false, true, true>(r, w, cb, n, x0, thr_b[m])); break;
-                case 4: a = static_cast<double>(span_sum<T, Wt, true, false, false>(r, w, cw, n, x0, thr_w[m])); break;
-                case 5: a = static_cast<double>(span_sum<T, Wt, true, true, false>(r, w, cw, n, x0, thr_w[m])); break;
-                case 6: a = static_cast<double>(span_sum<T, Wt, true, false, true>(r, w, cw, n, x0, thr_w[m])); break;
-                default: a = static_cast<double>(span_sum<T, Wt, true, true, true>(r, w, cw, n, x0, thr_w[m])); break;
+                case 0: frame_b[m] += span_sum<T, Bin, false, false, false>(r, w, cb, n, x0, thr_b[m]); continue;
+                case 1: frame_b[m] += span_sum<T, Bin, false, true, false>(r, w, cb, n, x0, thr_b[m]); continue;
+                case 2: a = static_cast<double>(hsum<Bin>(span_sum<T, Bin, false, false, true>(r, w, cb, n, x0, thr_b[m]))); break;
+                case 3: a = static_cast<double>(hsum<Bin>(span_sum<T, Bin, false, true, true>(r, w, cb, n, x0, thr_b[m]))); break;
+                case 4:
+                    if constexpr (kFrameW) {
+                        frame_w[m] += span_sum<T, Wt, true, false, false>(r, w, cw, n, x0, thr_w[m]);
+                        continue;
+                    } else {
+                        a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, false, false>(r, w, cw, n, x0, thr_w[m])));
+                        break;
+                    }
+                case 5:
+                    if constexpr (kFrameW) {
+                        frame_w[m] += span_sum<T, Wt, true, true, false>(r, w, cw, n, x0, thr_w[m]);
+                        continue;
+                    } else {
+                        a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true, false>(r, w, cw, n, x0, thr_w[m])));
+                        break;
+                    }
+                case 6: a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, false, true>(r, w, cw, n, x0, thr_w[m]))); break;
+                default: a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true, true>(r, w, cw, n, x0, thr_w[m]))); break;
             }
             S[m] += a;
             Sy[m] += a * static_cast<double>(sp.row);
         }
+        flush();
         double* o_i = out + i * nch;
         for (std::size_t m = 0; m < k; ++m) {
             double* oc = o_i + channel[m];

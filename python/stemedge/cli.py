@@ -1,0 +1,201 @@
+"""The ``stemedge`` command line: ``stemedge info`` and ``stemedge demo``.
+
+Errors the user can fix (bad arguments, an unwritable output folder) end with one line on stderr
+and exit status 2, never a traceback; a traceback means a bug in stemedge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2  # argparse's own status for usage errors; we use it for every user error
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line (no usage block) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types: argparse turns ArgumentTypeError into "argument --x: <message>" ---------
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {minimum}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _dose(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0 electrons per frame, got {text!r}")
+    return value
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from stemedge import __version__
+    from stemedge.demo import MIN_DET, MIN_SCAN
+
+    parser = _Parser(
+        prog="stemedge",
+        description="Live 4D-STEM analysis next to the microscope.",
+    )
+    parser.add_argument("--version", action="version", version=f"stemedge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    info = sub.add_parser("info", help="show how the native kernels were built and what runs here")
+    info.add_argument("--json", action="store_true", help="print the raw build_info() as JSON")
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a scan, analyse it (CoM, virtual BF/ADF, DPC, iDPC) and compare with truth",
+        description=(
+            "Simulate a doped lattice (80 kV, α = 25 mrad, 0.26 Å steps), run the fused native "
+            "CoM + virtual-detector pass, recover the scan rotation, compute DPC and iDPC, and "
+            "write maps (.npy), summary.json and summary.png."
+        ),
+    )
+    demo.add_argument("--out", default="stemedge-demo", metavar="DIR",
+                      help="output folder (default: ./stemedge-demo)")
+    demo.add_argument("--scan", type=_int_at_least(MIN_SCAN), default=64, metavar="N",
+                      help=f"scan positions per side (≥ {MIN_SCAN}; default 64)")
+    demo.add_argument("--det", type=_int_at_least(MIN_DET), default=64, metavar="N",
+                      help=f"detector pixels per side (≥ {MIN_DET}; default 64)")
+    demo.add_argument("--dose", type=_dose, default=2e4, metavar="E_PER_FRAME",
+                      help="electrons per frame, Poisson noise (default 2e4; 0 = noise-free)")
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
+                      help="seed of the sample's dopants/vacancies and of the noise (default 0)")
+    demo.add_argument("--rotation", type=_finite_float, default=0.0, metavar="DEG",
+                      help="detector rotation given to the simulator, to be recovered (default 0)")
+    demo.add_argument("--flip", action="store_true",
+                      help="mirror the simulated detector's y axis (to be recovered)")
+    demo.add_argument("--quiet", action="store_true",
+                      help="no progress bar and no summary (errors still go to stderr)")
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    """build_info() as aligned 'key  value' lines."""
+    lines = [f"stemedge {info.get('version', '?')}"]
+
+    def row(key: str, value: Any) -> None:
+        lines.append(f"  {key:<15} {value}")
+
+    row("compiler", f"{info.get('compiler', '?')} ({info.get('cxx_flags', '')})".rstrip(" ()"))
+    row("SIMD active", f"{info.get('simd_active', '?')} (mode {info.get('simd_mode', '?')})")
+    row("SIMD available", ", ".join(info.get("simd_available", [])) or "none")
+    compiled = info.get("simd_compiled", {})
+    for i, (level, what) in enumerate(compiled.items()):
+        row("SIMD compiled" if i == 0 else "", f"{level}: {what}")
+    row("threads", f"{info.get('threads', '?')} (CPUs available: {info.get('cpus_available', '?')})")
+    cuda = info.get("cuda", {})
+    if not cuda.get("compiled"):
+        row("CUDA", f"not compiled ({cuda.get('error', 'no reason given')})")
+        return "\n".join(lines)
+    extras = [f"nvcc {cuda['nvcc_version']}" if cuda.get("nvcc_version") else "",
+              f"archs {cuda['architectures']}" if cuda.get("architectures") else ""]
+    row("CUDA", "compiled (" + ", ".join(e for e in extras if e) + ")")
+    devices = cuda.get("devices") or []
+    for i, dev in enumerate(devices):
+        row("CUDA devices" if i == 0 else "", dev if isinstance(dev, str) else json.dumps(dev))
+    if not devices:
+        row("CUDA devices", f"none: {cuda.get('error') or 'no CUDA device found'}")
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from stemedge import build_info
+
+    info = build_info()
+    print(json.dumps(info, indent=2, default=str) if args.json else _format_info(info))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stemedge.demo import run_demo
+
+    result = run_demo(
+        args.out,
+        scan=args.scan,
+        det=args.det,
+        dose=args.dose,
+        seed=args.seed,
+        rotation_deg=args.rotation,
+        flip_y=args.flip,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(result.report())
+    return 0
+
+
+_COMMANDS = {"info": _cmd_info, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``stemedge`` command line; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a user error (one line on stderr), 130 when interrupted.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, OSError) as exc:
+        # Argument values argparse cannot judge alone (e.g. a dose that overflows the counts)
+        # and unusable output folders: the message is for the user, the traceback is not.
+        print(f"stemedge {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"stemedge {args.command}: error: out of memory; use a smaller --scan or --det",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"stemedge {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
