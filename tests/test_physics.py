@@ -41,7 +41,7 @@ def native_backend(request):
         _native.set_backend(previous)
 
 
-# --- references (float64 numpy, independent of the kernels) ------------------------------------
+# --- references (float64 numpy, independent of the kernels) ---------------------------------------
 
 
 def spectral_gradient(phase, pixel_A):
@@ -106,7 +106,7 @@ def lattice_scan(n=48, step=0.26, phase_rad=0.05, det=48, seed=1):
     return s, simulate_4dstem(s.phase, scan_step_A=step, det_shape=(det, det))
 
 
-# --- 1. binary disks and uniform frames --------------------------------------------------------
+# --- 1. binary disks and uniform frames -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -159,14 +159,14 @@ def test_1_uniform_frame_com_is_the_geometric_centre(native_backend, dtype, det)
     np.testing.assert_array_equal(empty, 0.0)
 
 
-# --- 2. phase ramp: a pure beam tilt ----------------------------------------------------------
+# --- 2. phase ramp: a pure beam tilt --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("cycles", "oversample"), [((0, 2), 1), ((-3, 1), 1), ((2, -1), 2)])
 def test_2_phase_ramp_shifts_the_whole_pattern_by_m_pixels(cycles, oversample):
     # t = exp(2πi g·r) with g = m·Δk tilts the beam by g: every frame is the vacuum pattern moved
     # by m detector pixels, so the native CoM is m at every scan position (PHYSICS measured
-    # 2.0000008 for m = 2; tolerance 1e-5 px, measured ≤ 1e-6) and the field is uniform, so its
+    # 2.0000008 for m = 2; tolerance 1e-5 px, measured ≤ 1.2e-7) and the field is uniform, so its
     # curl (and divergence) vanish.
     n = 32 * oversample
     ph, g = phase_ramp((n, n), 0.26 / oversample, cycles)
@@ -181,7 +181,7 @@ def test_2_phase_ramp_shifts_the_whole_pattern_by_m_pixels(cycles, oversample):
     assert np.abs(divergence(k, r.calibration.scan_step_A)).max() < 1e-5
 
 
-# --- 3. arbitrary phase object: CoM = (1/2π)|P|²⋆∇φ, iDPC = φ⋆OTF --------------------------------
+# --- 3. arbitrary phase object: CoM = (1/2π)|P|²⋆∇φ, iDPC = φ⋆OTF ---------------------------------
 
 
 @pytest.mark.parametrize(
@@ -194,7 +194,7 @@ def test_2_phase_ramp_shifts_the_whole_pattern_by_m_pixels(cycles, oversample):
         (0.05, None, 48, 1, 2e-5),
         # Strong lattice (1 rad, 3 rad dopants) with defocus, astigmatism and coma: the relation
         # is exact for any strength; oversample 2 doubles the detector's k range and removes the
-        # aliasing (at oversample 1 this case errs by 5e-4). Measured 3e-7.
+        # aliasing (at oversample 1 this case errs by 6e-4). Measured 2.2e-7.
         (1.0, {"C10": -40.0, "C12": 20.0, "phi12": 0.3, "C21": 300.0}, 32, 2, 2e-6),
     ],
     ids=["weak-os1", "strong-aberrated-os2"],
@@ -224,7 +224,7 @@ def test_3_com_is_probe_weighted_phase_gradient_and_idpc_is_otf_filtered(
     assert np.abs(k - ref).max() < com_tol * scale
     # PHYSICS §2.6: integrating ⟨k⟩ (periodic, pad=1) gives φ filtered by the probe-intensity
     # transfer OTF = F[|P|²]/F[|P|²](0) — again a correlation, hence conj. PHYSICS §5.2 target:
-    # rel. RMS ≤ 1e-4 (measured 2.3e-6 weak, 1e-6 strong).
+    # rel. RMS ≤ 1e-4 (measured 2.3e-6 weak, 8e-8 strong).
     phi_otf = np.fft.ifft2(np.fft.fft2(s.phase) * np.conj(w) / w[0, 0]).real
     phi_otf = phi_otf[::oversample, ::oversample]
     phi_otf -= phi_otf.mean()
@@ -234,7 +234,7 @@ def test_3_com_is_probe_weighted_phase_gradient_and_idpc_is_otf_filtered(
     assert rel_rms(rec, s.phase[::oversample, ::oversample] - s.phase.mean()) > 1e-2
 
 
-# --- 4. sinusoids: transfer of CoM and iDPC -----------------------------------------------------
+# --- 4. sinusoids: transfer of CoM and iDPC -------------------------------------------------------
 
 # 300 kV, α = 20 mrad, 0.2 Å object pixels on a 64-px patch: Δk = 1/(64·0.2 Å), r_α = 13.0 px
 # (PHYSICS §5.2). Cycles give Q₀/2k_α = 3/26, 10/26, 20/26 ≈ 0.115, 0.385, 0.769; diagonal
@@ -278,7 +278,7 @@ def sine_amplitudes(r, q):
 @pytest.mark.parametrize(("amplitude", "thin"), [(0.05, False), (0.5, True)], ids=["weak", "a=0.5"])
 def test_4_sinusoid_transfer_matches_the_aperture_otf(cycles, s_nominal, amplitude, thin):
     if thin:
-        cycles = (0, int(round(np.hypot(*cycles))))  # same |Q|, along x
+        cycles = (0, round(float(np.hypot(*cycles))))  # same |Q|, along x
     r, q = sine_scan(cycles, amplitude, thin)
     cal = r.calibration
     q0 = float(np.hypot(*q))
@@ -291,20 +291,23 @@ def test_4_sinusoid_transfer_matches_the_aperture_otf(cycles, s_nominal, amplitu
     otf_px = otf_pixel_count(np.round(m), cal.bf_radius_px, det)
     amp, resid, iamp = sine_amplitudes(r, q)
     # (a) Exact statement: CoM = a·Q₀·OTF(Q₀)·cos(2πQ₀·R)·Q̂ with the transfer of the aperture
-    # actually simulated. Measured ≤ 6e-7 relative (weak) and ≤ 5e-5 (a = 0.5; residual third
-    # harmonics still fold back), tolerance 2e-4; the residual checks the field is a pure cosine
-    # along Q̂ (measured ≤ 1e-5 weak, ≤ 4e-4 of amp for a = 0.5).
+    # actually simulated. Measured ≤ 2e-7 relative (weak) and ≤ 2.1e-5 (a = 0.5; third harmonics
+    # at s = 0.77 still fold back), tolerance 2e-4; the residual checks the field is a pure
+    # cosine along Q̂ (measured ≤ 4.4e-6 of amp weak, ≤ 7.3e-5 for a = 0.5).
     assert amp == pytest.approx(amplitude * q0 * otf_px, rel=2e-4)
     assert resid < 1e-3 * amp
     # iDPC returns the phase sinusoid scaled by the same transfer, a·OTF(Q₀).
     assert iamp == pytest.approx(amplitude * otf_px, rel=2e-4)
     # (b) The analytic OTF (2/π)[acos s − s√(1−s²)] of a continuous aperture. The simulated
-    # aperture is a set of pixels of radius r_α = 13 px; its pixel-count transfer differs from
-    # the continuous one by the lattice-point error of the lens-shaped overlap: 1.2e-3, 1.9e-3,
-    # −1.3e-2 at s = 0.115, 0.385, 0.769 here (still 1e-3 … 1e-2 for r_α = 40–50 px; PHYSICS's
-    # 0.01001/0.02045/0.00989 Å⁻¹ show the same −1 % at s = 0.77). So ~1e-3 agreement with the
-    # analytic curve is not reachable at this size: tolerance 3e-3 for s ≤ 0.4, 2e-2 at 0.77.
-    tol = 3e-3 if s < 0.5 else 2e-2
+    # aperture is the set of pixels within r_α = 13 px; its pixel-count transfer differs from
+    # the continuous one by the lattice-point error of the lens-shaped overlap, which depends on
+    # the direction of Q: over all integer Q at this r_α it reaches 2.9e-3 (s ≈ 0.1), 1.0e-2
+    # (s ≈ 0.38) and 3.5e-2 (s ≈ 0.77) — here +1.2e-3, −5.5e-3 (diagonal (6, 8); +1.7e-3 along
+    # x) and +1.5e-2 (−1.4e-2 along x). It only falls to ~1e-3 (1e-2 at s = 0.77) for r_α ≈ 40
+    # px; PHYSICS's 0.01001/0.02045/0.00989 Å⁻¹ (r_α = 13) carry the same +2e-3/+1.5e-3/−1e-2.
+    # So the ~1e-3 agreement with the analytic curve cannot be had at this size; the tolerance
+    # is the worst pixelation error of the band (the exact check is (a)).
+    tol = 3e-3 if s < 0.2 else 1e-2 if s < 0.5 else 4e-2
     otf_an = otf_analytic(q0, cal.k_alpha)
     assert amp == pytest.approx(amplitude * q0 * otf_an, rel=tol)
     assert iamp == pytest.approx(amplitude * otf_an, rel=tol)
@@ -319,19 +322,19 @@ def test_5_com_converges_on_atoms_and_idpc_peaks_there():
     # Atoms have positive phase, so the beam is deflected towards them: ⟨k⟩ points at the atom
     # columns, div⟨k⟩ < 0 on them (sinks), and the integrated phase has its maxima there.
     n, step = 48, 0.2
-    s = lattice((n, n), step, a_A=4.8, phase_rad=0.05, seed=0)  # 2×2 … cells, atoms on pixels
+    s = lattice((n, n), step, a_A=3.2, phase_rad=0.05, seed=0)  # 3×3 atoms, each on a pixel
     r = simulate_4dstem(s.phase, scan_step_A=step, det_shape=(n, n), voltage_kV=300.0)
     com = stemedge.center_of_mass(r.data, origin=r.calibration)
     res = dpc(com.shifts, r.calibration, pad=1)
     sites = np.round(s.positions_A / step).astype(int) % n
     np.testing.assert_allclose(sites * step, s.positions_A, atol=1e-9)
-    assert len(sites) >= 4
+    assert len(sites) == 9
     div_at_atoms = res.divergence[sites[:, 0], sites[:, 1]]
     assert np.all(div_at_atoms < 0)
     assert np.all(div_at_atoms < -0.5 * np.abs(res.divergence).max())  # the strongest sinks
     # iDPC phase: maximal on the atoms, and strongly correlated with the true phase.
     assert np.all(res.phase[sites[:, 0], sites[:, 1]] > np.quantile(res.phase, 0.99))
-    assert corr(res.phase, s.phase) > 0.95  # measured 0.985 (probe blur is the difference)
+    assert corr(res.phase, s.phase) > 0.98  # measured 0.994 (probe blur is the difference)
     # The same data with the detector taken as rotated by 180° (field sign flipped): sources on
     # the atoms and an inverted phase, i.e. these checks do discriminate the sign.
     flipped = dpc(com.shifts, r.calibration.replace(rotation_deg=180.0), pad=1)
@@ -369,13 +372,14 @@ def test_6_find_rotation_recovers_the_detector_orientation(theta, flip, tol_deg)
     err = abs((res.rotation_deg - theta + 180.0) % 360.0 - 180.0)
     if tol_deg == 0.0:
         # 90° multiples are exact permutations: the 1° grid answer is the angle itself, and the
-        # refined minimiser is within 0.05° (measured ≤ 0.02°; central differences of a
-        # field a few px wide have a small O(Δ²) curl).
+        # closed-form minimiser is exact too (measured 3e-8°).
         grid = find_rotation(com.shifts, refine=False)
         assert grid.flip_y is flip and grid.rotation_deg == theta
-        assert err < 0.05
+        assert err < 1e-3
     else:
-        assert err <= tol_deg  # measured 0.1–0.2°
+        assert err <= tol_deg  # measured 0.056° (30°), 0.037° (217°)
+    # What is left of the curl at the answer is the O(Δ²) error of central differences on a
+    # field a few px wide, 2.9 % of the divergence (3.2 % with bilinear resampling).
     assert res.rms_curl < 0.05 * res.rms_div
     # Applying the answer maps the detector-frame CoM back onto the unrotated scan-frame CoM.
     plain = simulate_4dstem(s.phase, det_shape=(32, 32))
@@ -385,7 +389,7 @@ def test_6_find_rotation_recovers_the_detector_orientation(theta, flip, tol_deg)
     assert err_px < (1e-4 if tol_deg == 0.0 else 0.05)
 
 
-# --- 7. virtual detectors --------------------------------------------------------------------------
+# --- 7. virtual detectors -------------------------------------------------------------------------
 
 
 @functools.cache
@@ -420,9 +424,9 @@ def test_7_virtual_detectors_add_up_to_the_frame_sum(native_backend, dtype):
         np.testing.assert_allclose(full, ref_sum, rtol=1e-12)
         np.testing.assert_allclose(bf + ring, ref_sum, rtol=1e-12)
     # Both masks are real: the BF disk collects most electrons, the ring the scattered rest.
-    assert np.all(bf > 0) and np.all(ring > 0) and np.all(bf > ring)
+    assert bf.min() > 0 and ring.sum() > 0 and bf.sum() > 5 * ring.sum()
     # Antialiased BF disk and ADF ring: weighted sums equal numpy's (f·M).sum(), within float32
-    # weight/product round-off (rel 1e-6; measured ≤ 1e-7).
+    # weight/product round-off (rel 1e-6; measured ≤ 3e-8, float32 results ≤ 7e-8).
     masks = np.stack(
         [disk(det, 5.3, antialias=True), annulus(det, 7.2, 13.6, (15.5, 16.25), antialias=True)]
     )
@@ -441,7 +445,7 @@ def test_7_virtual_detectors_add_up_to_the_frame_sum(native_backend, dtype):
     np.testing.assert_allclose(fused.intensity, ref_sum, rtol=1e-12)
 
 
-# --- 8. dose: CoM noise ∝ 1/sqrt(dose) ---------------------------------------------------------------
+# --- 8. dose: CoM noise ∝ 1/sqrt(dose) ------------------------------------------------------------
 
 
 def test_8_com_noise_scales_as_inverse_sqrt_dose():
@@ -466,14 +470,15 @@ def test_8_com_noise_scales_as_inverse_sqrt_dose():
         )
         err = stemedge.center_of_mass(noisy.data, origin=cal, dtype=np.float64).shifts - ref
         assert abs(err.mean()) < 5 * err.std() / math.sqrt(err.size)  # unbiased
-        # Measured/predicted variance: 2·48² samples, sampling error ~3 %; tolerance 15 %.
+        # Measured/predicted variance: 2·48² samples, sampling error ~3 %; tolerance 15 %
+        # (measured 1.006 and 0.982; 1.013 and 0.940 with other seeds).
         assert np.mean(err**2) / np.mean(var_k / dose) == pytest.approx(1.0, abs=0.15)
         stds.append(err.std())
-    # Ratio of the two noise levels: 2 within 15 % (measured 1.99).
+    # Ratio of the two noise levels: 2 within 15 % (measured 2.02; 2.08 with other seeds).
     assert stds[0] / stds[1] == pytest.approx(2.0, rel=0.15)
 
 
-# --- 9. calibration units --------------------------------------------------------------------------
+# --- 9. calibration units -------------------------------------------------------------------------
 
 
 def test_9_calibration_units_by_hand_at_80kV():
@@ -500,6 +505,8 @@ def test_9_calibration_units_by_hand_at_80kV():
     assert r.calibration.det_mrad_per_px == pytest.approx(1e3 * lam / (32 * 0.26), rel=2e-5)
     shifts = stemedge.center_of_mass(r.data, origin=r.calibration).shifts
     mrad = deflection(shifts, r.calibration, unit="mrad")
-    np.testing.assert_allclose(mrad, np.broadcast_to(1e3 * lam * np.array(g), mrad.shape), rtol=1e-4)
+    np.testing.assert_allclose(
+        mrad, np.broadcast_to(1e3 * lam * np.array(g), mrad.shape), rtol=1e-4
+    )
     kinv = deflection(shifts, r.calibration, unit="1/A")
     np.testing.assert_allclose(kinv, np.broadcast_to(g, kinv.shape), rtol=1e-5)

@@ -116,13 +116,13 @@ inline A hsum(V v) {
     }
 }
 
-// One span of one row: the lane vector whose sum is Σ v (and col[x] += v) over n pixels starting at r, where v is the pixel
-// (binary) or weight·pixel (weighted), zeroed below the threshold t. `before` is how many pixels
-// of the same row precede r: the tail is handled by one vector that ends at the span's end and
-// masks off the lanes already counted, so no scalar remainder loop and no read past the row.
-template <class T, class A, bool kWeighted, bool kThr, bool kMom>
-inline typename Lanes<T, A>::VA span_sum(const T* __restrict r, const float* __restrict w, A* __restrict col,
-                  std::size_t n, std::size_t before, A t) {
+// Σ v over one span of one row (v = pixel, or weight·pixel; zeroed below the threshold t), as a
+// lane vector. `before` is how many pixels of the same row precede r: the tail is one vector that
+// ends at the span's end and masks off the lanes already counted, so there is no scalar remainder
+// loop and no read outside the row.
+template <class T, class A, bool kWeighted, bool kThr>
+inline typename Lanes<T, A>::VA span_sum(const T* __restrict r, const float* __restrict w,
+                                         std::size_t n, std::size_t before, A t) {
     using Ln = Lanes<T, A>;
     using VA = typename Ln::VA;
     constexpr std::size_t L = Ln::L;
@@ -133,35 +133,111 @@ inline typename Lanes<T, A>::VA span_sum(const T* __restrict r, const float* __r
         if constexpr (kThr) v = v >= t ? v : VA{};
         if constexpr (kWeighted) v *= Ln::load_w(w + i);
         acc += v;
-        if constexpr (kMom) Ln::store_acc(col + i, Ln::load_acc(col + i) + v);
     }
     const std::size_t rem = n - i;
     if (rem) {
         const std::size_t back = L - rem;  // start the last vector this many pixels early
         if (n >= L || before >= back) {
-            const std::ptrdiff_t j = static_cast<std::ptrdiff_t>(i) - static_cast<std::ptrdiff_t>(back);
             // j may be negative (n < L): it then points into the same row before the span, which
             // exists; weights are padded in front by the MaskPlan for the same reason.
+            const std::ptrdiff_t j = static_cast<std::ptrdiff_t>(i) - static_cast<std::ptrdiff_t>(back);
             VA v = Ln::load(r + j);
             if constexpr (kThr) v = v >= t ? v : VA{};
             if constexpr (kWeighted) v *= Ln::load_w(w + j);
-            v = Ln::iota() >= static_cast<A>(back) ? v : VA{};
-            acc += v;
-            if constexpr (kMom) Ln::store_acc(col + j, Ln::load_acc(col + j) + v);
+            acc += Ln::iota() >= static_cast<A>(back) ? v : VA{};
         } else {
-            // Span shorter than a vector at the very start of a narrow row: scalar.
-            A s = 0;
+            // A span shorter than a vector at the very start of a narrow row: scalar.
             for (std::size_t j = i; j < n; ++j) {
                 A v = static_cast<A>(r[j]);
                 if constexpr (kThr) v = v >= t ? v : A(0);
                 if constexpr (kWeighted) v *= static_cast<A>(w[j]);
-                s += v;
-                if constexpr (kMom) col[j] += v;
+                acc[0] += v;
             }
-            acc[0] += s;
         }
     }
     return acc;
+}
+
+// Σ v and Σ x·v over one span of one row, without a multiply or a store per pixel. With chunks
+// v_j (j = 0..J-1) of L lanes at x = x0 + jL + lane, accumulate acc = Σ_j v_j and
+// accP = Σ_j (v_0 + … + v_j); then Σ_j j·v_j = J·acc − accP, so
+//     Σ x·v = x0·S + L·(J·S − Σ accP) + Σ_lane lane·acc_lane.
+// accP is bounded by J(J+1)/2 times the largest pixel: the caller checks that it fits the lanes.
+template <class T, class A, bool kWeighted, bool kThr>
+inline void span_moments(const T* __restrict r, const float* __restrict w, std::size_t n,
+                         std::size_t x0, std::size_t row_len, A t, double& s_out, double& x_out) {
+    using Ln = Lanes<T, A>;
+    using VA = typename Ln::VA;
+    constexpr std::size_t L = Ln::L;
+    VA acc = {}, accp = {};
+    std::size_t J = n / L;
+    for (std::size_t j = 0; j < J; ++j) {
+        VA v = Ln::load(r + j * L);
+        if constexpr (kThr) v = v >= t ? v : VA{};
+        if constexpr (kWeighted) v *= Ln::load_w(w + j * L);
+        acc += v;
+        accp += acc;
+    }
+    const std::size_t rem = n - J * L;
+    double tail_s = 0.0, tail_x = 0.0;
+    if (rem) {
+        if (x0 + J * L + L <= row_len) {
+            // Room in the row after the span: one more chunk with the lanes past the end masked.
+            VA v = Ln::load(r + J * L);
+            if constexpr (kThr) v = v >= t ? v : VA{};
+            if constexpr (kWeighted) v *= Ln::load_w(w + J * L);
+            acc += Ln::iota() < static_cast<A>(rem) ? v : VA{};
+            accp += acc;
+            ++J;
+        } else if (n >= L || x0 >= L - rem) {
+            // At the row's end: a chunk ending at the span's end, lanes already counted masked.
+            const std::size_t back = L - rem;
+            const std::ptrdiff_t j = static_cast<std::ptrdiff_t>(J * L) - static_cast<std::ptrdiff_t>(back);
+            VA v = Ln::load(r + j);
+            if constexpr (kThr) v = v >= t ? v : VA{};
+            if constexpr (kWeighted) v *= Ln::load_w(w + j);
+            v = Ln::iota() >= static_cast<A>(back) ? v : VA{};
+            tail_s = static_cast<double>(hsum<A>(v));
+            tail_x = static_cast<double>(x0 + j) * tail_s + static_cast<double>(hsum<A>(v * Ln::iota()));
+        } else {
+            for (std::size_t j = J * L; j < n; ++j) {
+                A v = static_cast<A>(r[j]);
+                if constexpr (kThr) v = v >= t ? v : A(0);
+                if constexpr (kWeighted) v *= static_cast<A>(w[j]);
+                tail_s += static_cast<double>(v);
+                tail_x += static_cast<double>(x0 + j) * static_cast<double>(v);
+            }
+        }
+    }
+    const double S = static_cast<double>(hsum<A>(acc));
+    const double P = static_cast<double>(hsum<A>(accp));
+    const double Z = static_cast<double>(hsum<A>(acc * Ln::iota()));
+    s_out = S + tail_s;
+    x_out = static_cast<double>(x0) * S + static_cast<double>(L) * (static_cast<double>(J) * S - P) + Z + tail_x;
+}
+
+// span_moments over a span of any length: integer lanes hold the prefix sums of at most
+// kMaxChunks chunks without overflow, so longer spans (very wide detectors) go in pieces.
+template <class T, class A, bool kWeighted, bool kThr>
+inline void moments(const T* r, const float* w, std::size_t n, std::size_t x0, std::size_t row_len,
+                    A t, double& s_out, double& x_out) {
+    constexpr std::size_t L = Lanes<T, A>::L;
+    std::size_t max_n = std::numeric_limits<std::size_t>::max();
+    if constexpr (!std::is_floating_point_v<A>) {
+        // J(J+1)/2 · max pixel < max lane value, J = chunks (+1 for a tail chunk).
+        const double limit = static_cast<double>(std::numeric_limits<A>::max()) /
+                             static_cast<double>(std::numeric_limits<T>::max());
+        const std::size_t chunks = static_cast<std::size_t>(std::sqrt(2.0 * limit)) - 2;
+        max_n = chunks * L;
+    }
+    s_out = x_out = 0.0;
+    for (std::size_t off = 0; off < n; off += max_n) {
+        double s, x;
+        span_moments<T, A, kWeighted, kThr>(r + off, w + off, std::min(max_n, n - off), x0 + off,
+                                            row_len, t, s, x);
+        s_out += s;
+        x_out += x;
+    }
 }
 
 template <class A>
@@ -189,34 +265,19 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
     const std::size_t k = p.n_masks(), W = p.det_x();
     const std::size_t nch = n_channels(o, k);
 
-    std::vector<std::size_t> channel(k), colslot(k, 0);
+    std::vector<std::size_t> channel(k);
     std::vector<std::uint8_t> code(k);  // bit0 threshold, bit1 moments, bit2 weighted
     std::vector<Bin> thr_b(k);
     std::vector<Wt> thr_w(k);
-    std::size_t nmom = 0;
     for (std::size_t m = 0, c = 0; m < k; ++m) {
         channel[m] = c;
         const bool mom = o.moments[m] != 0, has_thr = !std::isnan(o.thresholds[m]);
         c += mom ? 3 : 1;
-        if (mom) colslot[m] = nmom++;
         thr_b[m] = has_thr ? threshold_value<Bin>(o.thresholds[m]) : Bin(0);
         thr_w[m] = has_thr ? threshold_value<Wt>(o.thresholds[m]) : Wt(0);
         code[m] = static_cast<std::uint8_t>(has_thr | (mom << 1) | ((!p.binary(m)) << 2));
     }
-    // Column sums for the x moment: Σx·M·I = Σ_x x·col[x], one add per pixel instead of a
-    // multiply. 64-byte aligned (a vector store that straddles cache lines costs double) and
-    // padded so vector tails that start before x = 0 stay inside the buffer.
-    constexpr std::size_t kPad = 64;
-    auto aligned = [](auto& buf) {
-        using E = std::remove_reference_t<decltype(buf[0])>;
-        const auto addr = reinterpret_cast<std::uintptr_t>(buf.data() + kPad);
-        return reinterpret_cast<E*>((addr + 63) & ~std::uintptr_t(63));
-    };
-    std::vector<Bin> colb_buf(nmom * W + 2 * kPad + 64);
-    std::vector<Wt> colw_buf(nmom * W + 2 * kPad + 64);
-    Bin* colb = aligned(colb_buf);
-    Wt* colw = aligned(colw_buf);
-    std::vector<double> S(k), Sy(k);
+    std::vector<double> S(k), Sy(k), Sx(k);
 
     // Masks without moments need no per-row sums: their lane vectors are summed over the whole
     // frame and reduced once (no horizontal sum per span). Integer lanes are flushed to float64
@@ -251,10 +312,9 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
         const std::uint8_t* fp = f.frame(i);
         std::fill(S.begin(), S.end(), 0.0);
         std::fill(Sy.begin(), Sy.end(), 0.0);
+        std::fill(Sx.begin(), Sx.end(), 0.0);
         std::fill(frame_b.begin(), frame_b.end(), VB{});
         std::fill(frame_w.begin(), frame_w.end(), VW{});
-        std::fill(colb_buf.begin(), colb_buf.end(), Bin(0));
-        std::fill(colw_buf.begin(), colw_buf.end(), Wt(0));
         std::size_t row_of_last_flush = 0;
         for (std::size_t s = 0; s < nspans; ++s) {
             const Span& sp = spans[s];
@@ -265,36 +325,36 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
             const std::size_t m = sp.mask;
             const std::size_t x0 = sp.x0, n = sp.x1 - sp.x0;
             const T* r = f.row<T>(fp, sp.row) + x0;
-            Bin* cb = colb + colslot[m] * W + x0;
-            Wt* cw = colw + colslot[m] * W + x0;
             const float* w = weights + (sp.weight_offset == kNoWeights ? 0 : sp.weight_offset);
-            double a;
+            const double y = static_cast<double>(sp.row);
+            double a, ax;
             switch (code[m]) {
-                case 0: frame_b[m] += span_sum<T, Bin, false, false, false>(r, w, cb, n, x0, thr_b[m]); continue;
-                case 1: frame_b[m] += span_sum<T, Bin, false, true, false>(r, w, cb, n, x0, thr_b[m]); continue;
-                case 2: a = static_cast<double>(hsum<Bin>(span_sum<T, Bin, false, false, true>(r, w, cb, n, x0, thr_b[m]))); break;
-                case 3: a = static_cast<double>(hsum<Bin>(span_sum<T, Bin, false, true, true>(r, w, cb, n, x0, thr_b[m]))); break;
+                case 0: frame_b[m] += span_sum<T, Bin, false, false>(r, w, n, x0, thr_b[m]); continue;
+                case 1: frame_b[m] += span_sum<T, Bin, false, true>(r, w, n, x0, thr_b[m]); continue;
+                case 2: moments<T, Bin, false, false>(r, w, n, x0, W, thr_b[m], a, ax); break;
+                case 3: moments<T, Bin, false, true>(r, w, n, x0, W, thr_b[m], a, ax); break;
                 case 4:
                     if constexpr (kFrameW) {
-                        frame_w[m] += span_sum<T, Wt, true, false, false>(r, w, cw, n, x0, thr_w[m]);
+                        frame_w[m] += span_sum<T, Wt, true, false>(r, w, n, x0, thr_w[m]);
                         continue;
                     } else {
-                        a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, false, false>(r, w, cw, n, x0, thr_w[m])));
-                        break;
+                        S[m] += static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, false>(r, w, n, x0, thr_w[m])));
+                        continue;
                     }
                 case 5:
                     if constexpr (kFrameW) {
-                        frame_w[m] += span_sum<T, Wt, true, true, false>(r, w, cw, n, x0, thr_w[m]);
+                        frame_w[m] += span_sum<T, Wt, true, true>(r, w, n, x0, thr_w[m]);
                         continue;
                     } else {
-                        a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true, false>(r, w, cw, n, x0, thr_w[m])));
-                        break;
+                        S[m] += static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true>(r, w, n, x0, thr_w[m])));
+                        continue;
                     }
-                case 6: a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, false, true>(r, w, cw, n, x0, thr_w[m]))); break;
-                default: a = static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true, true>(r, w, cw, n, x0, thr_w[m]))); break;
+                case 6: moments<T, Wt, true, false>(r, w, n, x0, W, thr_w[m], a, ax); break;
+                default: moments<T, Wt, true, true>(r, w, n, x0, W, thr_w[m], a, ax); break;
             }
             S[m] += a;
-            Sy[m] += a * static_cast<double>(sp.row);
+            Sy[m] += a * y;
+            Sx[m] += ax;
         }
         flush();
         double* o_i = out + i * nch;
@@ -302,16 +362,8 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
             double* oc = o_i + channel[m];
             oc[0] = S[m];
             if (!o.moments[m]) continue;
-            double sx = 0.0;
-            if (p.binary(m)) {
-                const Bin* cb = colb + colslot[m] * W;
-                for (std::size_t x = 0; x < W; ++x) sx += static_cast<double>(x) * static_cast<double>(cb[x]);
-            } else {
-                const Wt* cw = colw + colslot[m] * W;
-                for (std::size_t x = 0; x < W; ++x) sx += static_cast<double>(x) * static_cast<double>(cw[x]);
-            }
             oc[1] = Sy[m];
-            oc[2] = sx;
+            oc[2] = Sx[m];
         }
     }
 }

@@ -116,7 +116,8 @@ def _format_info(info: dict[str, Any]) -> str:
     def row(key: str, value: Any) -> None:
         lines.append(f"  {key:<15} {value}")
 
-    row("compiler", f"{info.get('compiler', '?')} ({info.get('cxx_flags', '')})".rstrip(" ()"))
+    flags = info.get("cxx_flags")
+    row("compiler", f"{info.get('compiler', '?')}" + (f" ({flags})" if flags else ""))
     row("SIMD active", f"{info.get('simd_active', '?')} (mode {info.get('simd_mode', '?')})")
     row("SIMD available", ", ".join(info.get("simd_available", [])) or "none")
     compiled = info.get("simd_compiled", {})

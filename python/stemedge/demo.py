@@ -441,7 +441,7 @@ def _draw_wheel(ax, vmax_mrad: float) -> None:
         side.set_visible(False)
     ax.set_title("direction", fontsize=9)
     # Black = no deflection, full brightness = vmax (brighter pixels are clipped).
-    ax.set_xlabel(f"+y ↓\n\nblack → bright:\n|θ| = 0 → {vmax_mrad:.2g} mrad", fontsize=9)
+    ax.set_xlabel(f"+y ↓\n\n|θ|: 0 (black)\nto {vmax_mrad:.2g} mrad", fontsize=9)
     ax.annotate("+x →", (1.0, 0.0), xytext=(3, 0), textcoords="offset points", va="center",
                 fontsize=8)
 
@@ -517,7 +517,7 @@ def _plot_summary(
     fig = Figure(figsize=(15, 9.4), dpi=100, layout="constrained")
     grid = fig.add_gridspec(2, 3)
     axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
-    field_grid = grid[0, 2].subgridspec(1, 2, width_ratios=[1.0, 0.32])
+    field_grid = grid[0, 2].subgridspec(1, 2, width_ratios=[1.0, 0.36])
     ax_field, ax_wheel = fig.add_subplot(field_grid[0]), fig.add_subplot(field_grid[1])
     axes += [fig.add_subplot(grid[1, i]) for i in range(3)]
     ax_bf, ax_adf, ax_phase, ax_truth, ax_diff = axes
