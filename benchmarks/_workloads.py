@@ -168,14 +168,15 @@ def numpy_ops(geom: Geometry) -> dict[str, Callable]:
 
     CoM: ``s = f.sum((-2,-1)); cy = (f.sum(-1) * y).sum(-1) / s - oy`` (same for x), on
     ``f * mask`` for the disk; virtual images: ``np.tensordot(f, mask, axes=2)``; BF+DF:
-    ``np.tensordot(masks, f, axes=([1, 2], [1, 2]))``; fused: the CoM plus that tensordot.
+    ``np.tensordot(f, masks, axes=([1, 2], [1, 2]))`` (frames first, so they are not transposed
+    into a copy); fused: the whole-frame CoM plus that tensordot.
     Images come back as (k, n), CoM as (shifts, intensity).
     """
     origin = (geom.det_shape[0] // 2, geom.det_shape[1] // 2)
     both = np.stack([geom.bf, geom.df])
 
     def images(f, masks):
-        return np.tensordot(masks, f, axes=([1, 2], [1, 2]))
+        return np.tensordot(f, masks, axes=([1, 2], [1, 2])).T
 
     return {
         "com_whole": lambda f: _np_com(f, origin),

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from _workloads import OPS, Geometry, check_agreement, geometry, make_frames, native_ops, numpy_ops
 from _workloads import stemedge as se
-
 from stemedge import _native
 
 TARGET_OP = 1.25  # every op ≤ 1.25 × read-once time
@@ -148,6 +148,7 @@ def run_dtype(args: argparse.Namespace, dtype: str, geom: Geometry) -> dict:
     nat, ref = native_ops(geom, frames.shape[:2]), numpy_ops(geom)
     calls = {name: (fn, frames) for name, fn in nat.items()}
     calls.update({f"numpy:{op}": (ref[op], subset) for op in OPS})
+    log(f"[{dtype}] timing {len(calls)} calls: 1 warm-up + {args.repeats} rounds")
     load_before = os.getloadavg()
     times = time_rounds(calls, args.repeats)
     load_after = os.getloadavg()
@@ -157,7 +158,11 @@ def run_dtype(args: argparse.Namespace, dtype: str, geom: Geometry) -> dict:
 
 
 def summarize(dtype, times, geom, args, n_total, n_np, deviation, load_before, load_after) -> dict:
-    """Medians, ×read, GB/s and extrapolated numpy times for one dtype."""
+    """Medians, ×read, GB/s and extrapolated numpy times for one dtype.
+
+    The JSON also keeps min/max and ``x_read_paired``, the median of per-round ratios to
+    read_pass (a cross-check of ×read that is less sensitive to drift between rounds).
+    """
     nbytes = n_total * args.det * args.det * np.dtype(dtype).itemsize
     med = {name: statistics.median(ts) for name, ts in times.items()}
     read = med["read_pass"]
@@ -173,6 +178,11 @@ def summarize(dtype, times, geom, args, n_total, n_np, deviation, load_before, l
                 "gb_per_s": nbytes / med[op] / 1e9,
                 "numpy_s_extrapolated": np_full,
                 "speedup_vs_numpy": np_full / med[op] if np_full else None,
+                "native_min_s": min(times[op]),
+                "native_max_s": max(times[op]),
+                "x_read_paired": statistics.median(
+                    t / r for t, r in zip(times[op], times["read_pass"], strict=True)
+                ),
             }
         )
     return {
@@ -270,7 +280,12 @@ def markdown_table(res: dict) -> str:
     """One dtype's table as GitHub markdown."""
     head, rows = table_cells(res)
     align = ["---"] + ["---:"] * (len(head) - 1)
-    out = [f"**{_title(res)}**", "", "| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    out = [
+        f"**{_title(res)}**",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join([*out, "", *(f"- {line}" for line in _footer(res))])
 

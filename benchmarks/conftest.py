@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from _workloads import DET, Geometry, geometry, make_frames
 
 

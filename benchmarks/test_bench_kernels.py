@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _workloads import DTYPES, OPS, native_ops, numpy_ops
 
+from _workloads import DTYPES, OPS, native_ops, numpy_ops
 from stemedge import _native
 
 MAIN_SCAN = (64, 64)  # 4096 frames of 128²: 128 MiB uint16, 256 MiB float32 (beyond the L3)

@@ -7,7 +7,7 @@ the simulator's periodic object grid. (tests/test_sim.py checks the simulator wi
 tests/test_dpc.py checks the DPC functions on synthetic fields, tests/test_kernels.py the kernels
 against numpy on random frames; here the three are chained on physical data.)
 
-Numbered as PHYSICS.md §5.1 items; 7b (calibration units), 8b (dose) are extra items of the brief.
+Tests 1–7 follow PHYSICS.md §5.1 items 1–7; 8 (dose scaling, §5.2) and 9 (units, §1) are extra.
 Accuracies measured when these tests were written are quoted next to each tolerance.
 """
 
@@ -210,9 +210,12 @@ def test_3_com_is_probe_weighted_phase_gradient_and_idpc_is_otf_filtered(
     s = lattice((n * oversample,) * 2, px, phase_rad=phase_rad, dopant_fraction=0.2, seed=1)
     det = n * oversample  # the probe patch is the whole periodic object
     r = simulate_4dstem(
-        s.phase, scan_step_A=step, oversample=oversample, det_shape=(det, det),
+        s.phase,
+        scan_step_A=step,
+        oversample=oversample,
+        det_shape=(det, det),
         aberrations=aberrations,
-    )  # fmt: skip
+    )
     k = native_field_kinv(r)
     w = probe_intensity_spectrum(r.probe)
     assert r.probe.shape == s.phase.shape  # the probe patch tiles the periodic object exactly

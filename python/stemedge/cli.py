@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -87,22 +88,57 @@ def _build_parser() -> argparse.ArgumentParser:
             "write maps (.npy), summary.json and summary.png."
         ),
     )
-    demo.add_argument("--out", default="stemedge-demo", metavar="DIR",
-                      help="output folder (default: ./stemedge-demo)")
-    demo.add_argument("--scan", type=_int_at_least(MIN_SCAN), default=64, metavar="N",
-                      help=f"scan positions per side (≥ {MIN_SCAN}; default 64)")
-    demo.add_argument("--det", type=_int_at_least(MIN_DET), default=64, metavar="N",
-                      help=f"detector pixels per side (≥ {MIN_DET}; default 64)")
-    demo.add_argument("--dose", type=_dose, default=2e4, metavar="E_PER_FRAME",
-                      help="electrons per frame, Poisson noise (default 2e4; 0 = noise-free)")
-    demo.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
-                      help="seed of the sample's dopants/vacancies and of the noise (default 0)")
-    demo.add_argument("--rotation", type=_finite_float, default=0.0, metavar="DEG",
-                      help="detector rotation given to the simulator, to be recovered (default 0)")
-    demo.add_argument("--flip", action="store_true",
-                      help="mirror the simulated detector's y axis (to be recovered)")
-    demo.add_argument("--quiet", action="store_true",
-                      help="no progress bar and no summary (errors still go to stderr)")
+    demo.add_argument(
+        "--out",
+        default="stemedge-demo",
+        metavar="DIR",
+        help="output folder (default: ./stemedge-demo)",
+    )
+    demo.add_argument(
+        "--scan",
+        type=_int_at_least(MIN_SCAN),
+        default=64,
+        metavar="N",
+        help=f"scan positions per side (≥ {MIN_SCAN}; default 64)",
+    )
+    demo.add_argument(
+        "--det",
+        type=_int_at_least(MIN_DET),
+        default=64,
+        metavar="N",
+        help=f"detector pixels per side (≥ {MIN_DET}; default 64)",
+    )
+    demo.add_argument(
+        "--dose",
+        type=_dose,
+        default=2e4,
+        metavar="E_PER_FRAME",
+        help="electrons per frame, Poisson noise (default 2e4; 0 = noise-free)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        metavar="S",
+        help="seed of the sample's dopants/vacancies and of the noise (default 0)",
+    )
+    demo.add_argument(
+        "--rotation",
+        type=_finite_float,
+        default=0.0,
+        metavar="DEG",
+        help="detector rotation given to the simulator, to be recovered (default 0)",
+    )
+    demo.add_argument(
+        "--flip",
+        action="store_true",
+        help="mirror the simulated detector's y axis (to be recovered)",
+    )
+    demo.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no summary (errors still go to stderr)",
+    )
     return parser
 
 
@@ -123,13 +159,16 @@ def _format_info(info: dict[str, Any]) -> str:
     compiled = info.get("simd_compiled", {})
     for i, (level, what) in enumerate(compiled.items()):
         row("SIMD compiled" if i == 0 else "", f"{level}: {what}")
-    row("threads", f"{info.get('threads', '?')} (CPUs available: {info.get('cpus_available', '?')})")
+    cpus = info.get("cpus_available", "?")
+    row("threads", f"{info.get('threads', '?')} (CPUs available: {cpus})")
     cuda = info.get("cuda", {})
     if not cuda.get("compiled"):
         row("CUDA", f"not compiled ({cuda.get('error', 'no reason given')})")
         return "\n".join(lines)
-    extras = [f"nvcc {cuda['nvcc_version']}" if cuda.get("nvcc_version") else "",
-              f"archs {cuda['architectures']}" if cuda.get("architectures") else ""]
+    extras = [
+        f"nvcc {cuda['nvcc_version']}" if cuda.get("nvcc_version") else "",
+        f"archs {cuda['architectures']}" if cuda.get("architectures") else "",
+    ]
     row("CUDA", "compiled (" + ", ".join(e for e in extras if e) + ")")
     devices = cuda.get("devices") or []
     for i, dev in enumerate(devices):
@@ -188,14 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # Output piped into `head` and the reader left: not an error worth a message. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError) as exc:
         # Argument values argparse cannot judge alone (e.g. a dose that overflows the counts)
         # and unusable output folders: the message is for the user, the traceback is not.
         print(f"stemedge {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:
-        print(f"stemedge {args.command}: error: out of memory; use a smaller --scan or --det",
-              file=sys.stderr)
+        print(
+            f"stemedge {args.command}: error: out of memory; use a smaller --scan or --det",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"stemedge {args.command}: interrupted", file=sys.stderr)

@@ -49,7 +49,7 @@ VACANCY_FRACTION = 0.06
 
 MIN_SCAN = 8  # find_rotation needs interior derivatives; below ~2 lattice cells it is guesswork
 MIN_DET = 16  # r_α ≈ 0.16·D px here: smaller detectors leave no room for an ADF ring
-MAX_DATA_BYTES = 4 * 2**30  # the simulated scan lives in memory (24 GiB machines)
+MAX_DATA_BYTES = 2 * 2**30  # the simulated scan lives in memory; a demo needs far less
 
 #: Array files written by :func:`run_demo` (key → file name); all float32.
 ARRAY_FILES = {
@@ -391,6 +391,7 @@ def _summary_dict(res: DemoResult, det: _Detectors, rot: _dpc.RotationResult) ->
         "files": {key: path.name for key, path in res.files.items()},
     }
 
+
 # --- the figure -------------------------------------------------------------------------------
 
 
@@ -442,8 +443,9 @@ def _draw_wheel(ax, vmax_mrad: float) -> None:
     ax.set_title("direction", fontsize=9)
     # Black = no deflection, full brightness = vmax (brighter pixels are clipped).
     ax.set_xlabel(f"+y ↓\n\n|θ|: 0 (black)\nto {vmax_mrad:.2g} mrad", fontsize=9)
-    ax.annotate("+x →", (1.0, 0.0), xytext=(3, 0), textcoords="offset points", va="center",
-                fontsize=8)
+    ax.annotate(
+        "+x →", (1.0, 0.0), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
+    )
 
 
 def _image_panel(fig, ax, image, extent, title, cmap, label, symmetric=False) -> None:
@@ -466,14 +468,23 @@ def _diffraction_panel(fig, ax, mean_pattern, dets: _Detectors, mrad: float, uni
 
     d_y, d_x = mean_pattern.shape
     oy, ox = dets.origin
-    extent = [(-0.5 - ox) * mrad, (d_x - 0.5 - ox) * mrad, (d_y - 0.5 - oy) * mrad,
-              (-0.5 - oy) * mrad]
+    extent = [
+        (-0.5 - ox) * mrad,
+        (d_x - 0.5 - ox) * mrad,
+        (d_y - 0.5 - oy) * mrad,
+        (-0.5 - oy) * mrad,
+    ]
     top = float(mean_pattern.max()) or 1.0
     # Five decades show the BF disk, its scattered halo and the ADF tails; below that the
     # (noise-free) pattern only holds aperture ringing.
     norm = LogNorm(vmin=top * 1e-5, vmax=top, clip=True)
-    im = ax.imshow(np.maximum(mean_pattern, top * 1e-5), extent=extent, cmap="magma", norm=norm,
-                   interpolation="nearest")
+    im = ax.imshow(
+        np.maximum(mean_pattern, top * 1e-5),
+        extent=extent,
+        cmap="magma",
+        norm=norm,
+        interpolation="nearest",
+    )
     rings = [
         (dets.bf_radius_px, "#4dd2ff", "-", "BF"),
         (dets.adf_inner_px, "#7CFC00", "--", "ADF"),
@@ -503,7 +514,10 @@ def _title(res: DemoResult) -> str:
 
 
 def _plot_summary(
-    path: Path, res: DemoResult, maps: dict[str, np.ndarray], mean_pattern: np.ndarray,
+    path: Path,
+    res: DemoResult,
+    maps: dict[str, np.ndarray],
+    mean_pattern: np.ndarray,
     dets: _Detectors,
 ) -> None:
     """Write the 2×3 summary figure (Agg canvas only: no GUI, no global pyplot state)."""
@@ -523,11 +537,13 @@ def _plot_summary(
     ax_bf, ax_adf, ax_phase, ax_truth, ax_diff = axes
 
     r_bf = dets.bf_radius_px * mrad
-    _image_panel(fig, ax_bf, maps["virtual_bf"], extent, f"virtual BF (0–{r_bf:.0f} mrad)",
-                 "gray", counts)
+    _image_panel(
+        fig, ax_bf, maps["virtual_bf"], extent, f"virtual BF (0–{r_bf:.0f} mrad)", "gray", counts
+    )
     adf_range = f"{dets.adf_inner_px * mrad:.0f}–{dets.adf_outer_px * mrad:.0f} mrad"
-    _image_panel(fig, ax_adf, maps["virtual_adf"], extent, f"virtual ADF ({adf_range})", "gray",
-                 counts)
+    _image_panel(
+        fig, ax_adf, maps["virtual_adf"], extent, f"virtual ADF ({adf_range})", "gray", counts
+    )
 
     field = maps["field_mrad"]
     vmax = float(np.percentile(np.hypot(field[..., 0], field[..., 1]), 99.5))
@@ -537,13 +553,30 @@ def _plot_summary(
     ax_field.set_ylabel("y (Å)")
     _draw_wheel(ax_wheel, vmax)
 
-    _image_panel(fig, ax_phase, maps["idpc_phase_rad"], extent, "iDPC phase", "RdBu_r",
-                 "phase (rad)", symmetric=True)
+    _image_panel(
+        fig,
+        ax_phase,
+        maps["idpc_phase_rad"],
+        extent,
+        "iDPC phase",
+        "RdBu_r",
+        "phase (rad)",
+        symmetric=True,
+    )
     truth = maps["ground_truth_phase_rad"]
-    _image_panel(fig, ax_truth, truth - truth.mean(), extent, "ground-truth phase − mean",
-                 "RdBu_r", "phase (rad)", symmetric=True)
-    _diffraction_panel(fig, ax_diff, mean_pattern, dets, mrad,
-                       "e⁻" if res.dose is not None else "intensity")
+    _image_panel(
+        fig,
+        ax_truth,
+        truth - truth.mean(),
+        extent,
+        "ground-truth phase − mean",
+        "RdBu_r",
+        "phase (rad)",
+        symmetric=True,
+    )
+    _diffraction_panel(
+        fig, ax_diff, mean_pattern, dets, mrad, "e⁻" if res.dose is not None else "intensity"
+    )
 
     fig.suptitle(_title(res), fontsize=11)
     fig.savefig(path, dpi=100)
