@@ -116,6 +116,47 @@ inline A hsum(V v) {
     }
 }
 
+// Horizontal sum into float64 without overflow: uint32 lanes are widened to uint64 first (each
+// lane may be near 2^32, their sum is not). Used wherever lane vectors become scalars.
+template <std::size_t L>
+struct WidenU32 {  // vector typedefs must live in a class template for GCC to honour vector_size
+    typedef std::uint32_t Half __attribute__((vector_size(L * 2)));
+    typedef std::uint64_t Wide __attribute__((vector_size(L * 4)));
+};
+
+template <class A, class V>
+inline double hsum_wide(V v) {
+    if constexpr (std::is_same_v<A, std::uint32_t>) {
+        constexpr std::size_t L = sizeof(V) / sizeof(A);
+        using H = typename WidenU32<L>::Half;
+        using H64 = typename WidenU32<L>::Wide;
+        H lo, hi;
+        if constexpr (L == 16) {
+            lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+            hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+        } else if constexpr (L == 8) {
+            lo = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+            hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+        } else {
+            static_assert(L == 4);
+            lo = __builtin_shufflevector(v, v, 0, 1);
+            hi = __builtin_shufflevector(v, v, 2, 3);
+        }
+        return static_cast<double>(hsum<std::uint64_t>(__builtin_convertvector(lo, H64) +
+                                                       __builtin_convertvector(hi, H64)));
+    } else {
+        return static_cast<double>(hsum<A>(v));
+    }
+}
+
+// The largest value one integer lane may reach: all of uint32 (hsum_wide widens), 1/16 of uint64
+// (so that the sum of the lanes still fits).
+template <class A>
+constexpr double lane_limit() {
+    if constexpr (std::is_same_v<A, std::uint64_t>) return 18446744073709551615.0 / 16.0;
+    return static_cast<double>(std::numeric_limits<A>::max());
+}
+
 // Σ v over one span of one row (v = pixel, or weight·pixel; zeroed below the threshold t), as a
 // lane vector. `before` is how many pixels of the same row precede r: the tail is one vector that
 // ends at the span's end and masks off the lanes already counted, so there is no scalar remainder
@@ -161,11 +202,19 @@ inline typename Lanes<T, A>::VA span_sum(const T* __restrict r, const float* __r
 // Σ v and Σ x·v over one span of one row, without a multiply or a store per pixel. With chunks
 // v_j (j = 0..J-1) of L lanes at x = x0 + jL + lane, accumulate acc = Σ_j v_j and
 // accP = Σ_j (v_0 + … + v_j); then Σ_j j·v_j = J·acc − accP, so
-//     Σ x·v = x0·S + L·(J·S − Σ accP) + Σ_lane lane·acc_lane.
-// accP is bounded by J(J+1)/2 times the largest pixel: the caller checks that it fits the lanes.
+//     Σ x·v = Σ_lane [(x0 + L·J + lane)·acc − L·accP]_lane.
+// A tail that cannot be a masked chunk after the span (end of row) is returned as scalars.
+// accP is bounded by J(J+1)/2 times the largest pixel: callers keep that inside the lanes.
+template <class T, class A>
+struct SpanMoments {
+    typename Lanes<T, A>::VA acc, accp;
+    std::size_t chunks;  // J, including a masked tail chunk
+    double tail_s, tail_x;
+};
+
 template <class T, class A, bool kWeighted, bool kThr>
-inline void span_moments(const T* __restrict r, const float* __restrict w, std::size_t n,
-                         std::size_t x0, std::size_t row_len, A t, double& s_out, double& x_out) {
+inline SpanMoments<T, A> span_moments(const T* __restrict r, const float* __restrict w, std::size_t n,
+                                      std::size_t x0, std::size_t row_len, A t) {
     using Ln = Lanes<T, A>;
     using VA = typename Ln::VA;
     constexpr std::size_t L = Ln::L;
@@ -197,8 +246,9 @@ inline void span_moments(const T* __restrict r, const float* __restrict w, std::
             if constexpr (kThr) v = v >= t ? v : VA{};
             if constexpr (kWeighted) v *= Ln::load_w(w + j);
             v = Ln::iota() >= static_cast<A>(back) ? v : VA{};
-            tail_s = static_cast<double>(hsum<A>(v));
-            tail_x = static_cast<double>(x0 + j) * tail_s + static_cast<double>(hsum<A>(v * Ln::iota()));
+            tail_s = hsum_wide<A>(v);
+            tail_x = static_cast<double>(static_cast<std::ptrdiff_t>(x0) + j) * tail_s +
+                     hsum_wide<A>(v * Ln::iota());
         } else {
             for (std::size_t j = J * L; j < n; ++j) {
                 A v = static_cast<A>(r[j]);
@@ -209,34 +259,39 @@ inline void span_moments(const T* __restrict r, const float* __restrict w, std::
             }
         }
     }
-    const double S = static_cast<double>(hsum<A>(acc));
-    const double P = static_cast<double>(hsum<A>(accp));
-    const double Z = static_cast<double>(hsum<A>(acc * Ln::iota()));
-    s_out = S + tail_s;
-    x_out = static_cast<double>(x0) * S + static_cast<double>(L) * (static_cast<double>(J) * S - P) + Z + tail_x;
+    return {acc, accp, J, tail_s, tail_x};
 }
 
-// span_moments over a span of any length: integer lanes hold the prefix sums of at most
-// kMaxChunks chunks without overflow, so longer spans (very wide detectors) go in pieces.
+// The lane vector whose sum is Σ x·v of a span (see span_moments).
+template <class T, class A>
+inline typename Lanes<T, A>::VA x_moment_lanes(const SpanMoments<T, A>& m, std::size_t x0) {
+    using Ln = Lanes<T, A>;
+    const A base = static_cast<A>(x0 + Ln::L * m.chunks);
+    return (Ln::iota() + base) * m.acc - static_cast<A>(Ln::L) * m.accp;
+}
+
+// Per-row first moments of a span of any length, reduced to scalars: the path for float32 lanes
+// (weighted masks on 8/16-bit data) and very wide rows. Integer lanes hold the prefix sums of at
+// most kMaxChunks chunks without overflow, so longer spans go in pieces.
 template <class T, class A, bool kWeighted, bool kThr>
 inline void moments(const T* r, const float* w, std::size_t n, std::size_t x0, std::size_t row_len,
                     A t, double& s_out, double& x_out) {
     constexpr std::size_t L = Lanes<T, A>::L;
     std::size_t max_n = std::numeric_limits<std::size_t>::max();
     if constexpr (!std::is_floating_point_v<A>) {
-        // J(J+1)/2 · max pixel < max lane value, J = chunks (+1 for a tail chunk).
-        const double limit = static_cast<double>(std::numeric_limits<A>::max()) /
-                             static_cast<double>(std::numeric_limits<T>::max());
-        const std::size_t chunks = static_cast<std::size_t>(std::sqrt(2.0 * limit)) - 2;
-        max_n = chunks * L;
+        // J(J+1)/2 · max pixel < max lane value, J = chunks (+1 for a tail chunk); and the x
+        // moment lanes (x ≤ row_len) must not wrap either.
+        const double limit = lane_limit<A>() / static_cast<double>(std::numeric_limits<T>::max());
+        const std::size_t by_prefix = static_cast<std::size_t>(std::sqrt(2.0 * limit)) - 2;
+        const std::size_t by_x = static_cast<std::size_t>(limit / static_cast<double>(row_len + L)) - 1;
+        max_n = std::max<std::size_t>(1, std::min(by_prefix, by_x)) * L;
     }
     s_out = x_out = 0.0;
     for (std::size_t off = 0; off < n; off += max_n) {
-        double s, x;
-        span_moments<T, A, kWeighted, kThr>(r + off, w + off, std::min(max_n, n - off), x0 + off,
-                                            row_len, t, s, x);
-        s_out += s;
-        x_out += x;
+        const std::size_t len = std::min(max_n, n - off);
+        const auto m = span_moments<T, A, kWeighted, kThr>(r + off, w + off, len, x0 + off, row_len, t);
+        s_out += hsum_wide<A>(m.acc) + m.tail_s;
+        x_out += hsum_wide<A>(x_moment_lanes(m, x0 + off)) + m.tail_x;
     }
 }
 
@@ -288,20 +343,67 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
     constexpr bool kFrameW = std::is_same_v<Wt, double>;
     std::size_t flush_rows = std::numeric_limits<std::size_t>::max();
     if constexpr (!std::is_floating_point_v<Bin>) {
-        const double lane_max = static_cast<double>(std::numeric_limits<Bin>::max());
+        const double lane_max = lane_limit<Bin>();
         const double per_row = static_cast<double>(std::numeric_limits<T>::max()) *
                                (static_cast<double>(W) / Lanes<T, Bin>::L + 2.0);
         flush_rows = static_cast<std::size_t>(std::max(1.0, std::floor(lane_max / per_row)));
     }
     auto flush = [&] {
         for (std::size_t m = 0; m < k; ++m) {
-            S[m] += static_cast<double>(hsum<Bin>(frame_b[m]));
+            S[m] += hsum_wide<Bin>(frame_b[m]);
             frame_b[m] = VB{};
             if constexpr (kFrameW) {
                 S[m] += static_cast<double>(hsum<Wt>(frame_w[m]));
                 frame_w[m] = VW{};
             }
         }
+    };
+
+    // Masks with moments: lane vectors of Σv, Σ(y − y_base)·v and Σx·v summed over up to
+    // defer_rows rows, then reduced (horizontal sums per row cost more than the pixels of a
+    // 128-px row). For integer lanes defer_rows keeps every lane's true value below the lane
+    // maximum (unsigned wrap-around inside the x-moment expression then cancels exactly); 0 means
+    // "reduce every row" (float32 lanes: weighted masks on 8/16-bit data, or very wide rows).
+    auto defer_rows_for = [&](auto lane_tag) -> std::size_t {
+        using A = decltype(lane_tag);
+        constexpr std::size_t LA = Lanes<T, A>::L;
+        if constexpr (std::is_same_v<A, float>) {
+            return 0;
+        } else if constexpr (std::is_floating_point_v<A>) {
+            return std::numeric_limits<std::size_t>::max();
+        } else {
+            const double limit = lane_limit<A>() / static_cast<double>(std::numeric_limits<T>::max());
+            const double chunks = std::ceil(static_cast<double>(W) / LA) + 1.0;
+            const double rows = std::floor(limit / (chunks * static_cast<double>(W + LA)));
+            return static_cast<std::size_t>(std::min(rows, static_cast<double>(W + LA)));
+        }
+    };
+    const std::size_t defer_b = defer_rows_for(Bin{}), defer_w = defer_rows_for(Wt{});
+    std::vector<VB> mb_s(k), mb_y(k), mb_x(k);
+    std::vector<VW> mw_s(k), mw_y(k), mw_x(k);
+    std::vector<std::size_t> base_row(k, 0);
+    auto flush_moments = [&](std::size_t m) {
+        const double s = hsum_wide<Bin>(mb_s[m]) + hsum_wide<Wt>(mw_s[m]);
+        S[m] += s;
+        Sy[m] += static_cast<double>(base_row[m]) * s + hsum_wide<Bin>(mb_y[m]) + hsum_wide<Wt>(mw_y[m]);
+        Sx[m] += hsum_wide<Bin>(mb_x[m]) + hsum_wide<Wt>(mw_x[m]);
+        mb_s[m] = mb_y[m] = mb_x[m] = VB{};
+        mw_s[m] = mw_y[m] = mw_x[m] = VW{};
+    };
+    // Adds one span's moments to mask m's lane vectors (the deferred path).
+    auto add_deferred = [&](std::size_t m, std::size_t row, std::size_t x0, std::size_t defer,
+                            const auto& mo, auto& vs, auto& vy, auto& vx) {
+        using A = std::remove_reference_t<decltype(vs[0][0])>;
+        if (row - base_row[m] >= defer) {
+            flush_moments(m);
+            base_row[m] = row;
+        }
+        vs[m] += mo.acc;
+        vy[m] += static_cast<A>(row - base_row[m]) * mo.acc;
+        vx[m] += x_moment_lanes(mo, x0);
+        S[m] += mo.tail_s;
+        Sy[m] += static_cast<double>(row) * mo.tail_s;
+        Sx[m] += mo.tail_x;
     };
 
     const Span* spans = p.spans().data();
@@ -315,6 +417,7 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
         std::fill(Sx.begin(), Sx.end(), 0.0);
         std::fill(frame_b.begin(), frame_b.end(), VB{});
         std::fill(frame_w.begin(), frame_w.end(), VW{});
+        std::fill(base_row.begin(), base_row.end(), std::size_t(0));
         std::size_t row_of_last_flush = 0;
         for (std::size_t s = 0; s < nspans; ++s) {
             const Span& sp = spans[s];
@@ -331,8 +434,20 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
             switch (code[m]) {
                 case 0: frame_b[m] += span_sum<T, Bin, false, false>(r, w, n, x0, thr_b[m]); continue;
                 case 1: frame_b[m] += span_sum<T, Bin, false, true>(r, w, n, x0, thr_b[m]); continue;
-                case 2: moments<T, Bin, false, false>(r, w, n, x0, W, thr_b[m], a, ax); break;
-                case 3: moments<T, Bin, false, true>(r, w, n, x0, W, thr_b[m], a, ax); break;
+                case 2:
+                    if (defer_b) {
+                        add_deferred(m, sp.row, x0, defer_b, span_moments<T, Bin, false, false>(r, w, n, x0, W, thr_b[m]), mb_s, mb_y, mb_x);
+                        continue;
+                    }
+                    moments<T, Bin, false, false>(r, w, n, x0, W, thr_b[m], a, ax);
+                    break;
+                case 3:
+                    if (defer_b) {
+                        add_deferred(m, sp.row, x0, defer_b, span_moments<T, Bin, false, true>(r, w, n, x0, W, thr_b[m]), mb_s, mb_y, mb_x);
+                        continue;
+                    }
+                    moments<T, Bin, false, true>(r, w, n, x0, W, thr_b[m], a, ax);
+                    break;
                 case 4:
                     if constexpr (kFrameW) {
                         frame_w[m] += span_sum<T, Wt, true, false>(r, w, n, x0, thr_w[m]);
@@ -349,14 +464,28 @@ void reduce_range_t(const FrameStackView& f, const MaskPlan& p, const ReduceOpti
                         S[m] += static_cast<double>(hsum<Wt>(span_sum<T, Wt, true, true>(r, w, n, x0, thr_w[m])));
                         continue;
                     }
-                case 6: moments<T, Wt, true, false>(r, w, n, x0, W, thr_w[m], a, ax); break;
-                default: moments<T, Wt, true, true>(r, w, n, x0, W, thr_w[m], a, ax); break;
+                case 6:
+                    if (defer_w) {
+                        add_deferred(m, sp.row, x0, defer_w, span_moments<T, Wt, true, false>(r, w, n, x0, W, thr_w[m]), mw_s, mw_y, mw_x);
+                        continue;
+                    }
+                    moments<T, Wt, true, false>(r, w, n, x0, W, thr_w[m], a, ax);
+                    break;
+                default:
+                    if (defer_w) {
+                        add_deferred(m, sp.row, x0, defer_w, span_moments<T, Wt, true, true>(r, w, n, x0, W, thr_w[m]), mw_s, mw_y, mw_x);
+                        continue;
+                    }
+                    moments<T, Wt, true, true>(r, w, n, x0, W, thr_w[m], a, ax);
+                    break;
             }
             S[m] += a;
             Sy[m] += a * y;
             Sx[m] += ax;
         }
         flush();
+        for (std::size_t m = 0; m < k; ++m)
+            if (o.moments[m]) flush_moments(m);
         double* o_i = out + i * nch;
         for (std::size_t m = 0; m < k; ++m) {
             double* oc = o_i + channel[m];

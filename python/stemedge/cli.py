@@ -99,7 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(MIN_SCAN),
         default=64,
         metavar="N",
-        help=f"scan positions per side (≥ {MIN_SCAN}; default 64)",
+        help=f"scan positions per side (≥ {MIN_SCAN}; default 64; use ≥ 24 with noise)",
     )
     demo.add_argument(
         "--det",

@@ -36,7 +36,7 @@ from stemedge.kernels import com_and_virtual_images
 from stemedge.masks import annulus, disk
 from stemedge.sim import SimulatedScan, lattice, simulate_4dstem
 
-__all__ = ["ARRAY_FILES", "DemoResult", "pearson", "run_demo"]
+__all__ = ["ARRAY_FILES", "DemoResult", "field_rgb", "pearson", "run_demo"]
 
 # Fixed physics of the demo (the brief of a first-version demo: a typical low-kV DPC setup).
 SCAN_STEP_A = 0.26
@@ -47,7 +47,9 @@ LATTICE_A = 3.0  # Å: small enough that a 64² scan (16.6 Å) shows 6×6 cells
 DOPANT_FRACTION = 0.1
 VACANCY_FRACTION = 0.06
 
-MIN_SCAN = 8  # find_rotation needs interior derivatives; below ~2 lattice cells it is guesswork
+# find_rotation needs interior derivatives (≥ 3 positions); 8 still finds noise-free rotations,
+# but with noise the search wants several atoms in view (≥ 24 positions, ~2×2 cells).
+MIN_SCAN = 8
 MIN_DET = 16  # r_α ≈ 0.16·D px here: smaller detectors leave no room for an ADF ring
 MAX_DATA_BYTES = 2 * 2**30  # the simulated scan lives in memory; a demo needs far less
 
@@ -218,7 +220,7 @@ class _Steps:
     """Times the demo's steps and advances an (optional) tqdm bar."""
 
     def __init__(self, progress: bool):
-        from tqdm.auto import tqdm  # imported here: `stemedge info` should not pay for it
+        from tqdm import tqdm  # imported here: `stemedge info` should not pay for it
 
         self.timings: dict[str, float] = {}
         self._bar = tqdm(
@@ -696,6 +698,7 @@ def run_demo(
     finally:
         steps.close()
 
+    # res.timings_s is this same dict: the total appears in the result as well as in the JSON.
     steps.timings["total"] = time.perf_counter() - t_start
     summary = _summary_dict(res, dets, rot)
     files["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -112,6 +112,7 @@ class MaskSet:
         self.names = names
         self.mode = mode
         self.plan = _native.MaskPlan(arr, mode)
+        self._fused_cache: dict = {}  # CoM mask + these masks, per CoM geometry (kernels.py)
 
     @property
     def det_shape(self) -> tuple[int, int]:
