@@ -34,8 +34,13 @@ def ref_sums(frames, masks, threshold=None):
     """Σ M·I per frame and mask, float64: shape (..., k)."""
     f = frames.astype(np.float64)
     if threshold is not None:
-        f = np.where(frames >= np.asarray(threshold, dtype=frames.dtype) if frames.dtype.kind == "f"
-                     else frames >= threshold, f, 0.0)
+        f = np.where(
+            frames >= np.asarray(threshold, dtype=frames.dtype)
+            if frames.dtype.kind == "f"
+            else frames >= threshold,
+            f,
+            0.0,
+        )
     return np.einsum("...yx,kyx->...k", f, np.asarray(masks, np.float64))
 
 
@@ -46,7 +51,9 @@ def ref_com(frames, mask=None, origin=None, threshold=None):
     s, sy, sx = np.moveaxis(ref_sums(frames, [mask, mask * yy, mask * xx], threshold), -1, 0)
     oy, ox = (dy // 2, dx // 2) if origin is None else origin
     with np.errstate(divide="ignore", invalid="ignore"):
-        shifts = np.stack([np.where(s != 0, sy / s - oy, 0.0), np.where(s != 0, sx / s - ox, 0.0)], -1)
+        shifts = np.stack(
+            [np.where(s != 0, sy / s - oy, 0.0), np.where(s != 0, sx / s - ox, 0.0)], -1
+        )
     return shifts, s
 
 
@@ -75,14 +82,21 @@ def test_com_float32_result_within_1e4_px(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("radius", "inner"), [(7.0, None), (12.5, 4.0), (0.0, None), (100.0, None)])
+@pytest.mark.parametrize(
+    ("radius", "inner"), [(7.0, None), (12.5, 4.0), (0.0, None), (100.0, None)]
+)
 def test_com_in_disk_and_annulus(backend, dtype, radius, inner):
     rng = np.random.default_rng(2)
     frames = random_frames((17, 31, 29), dtype, rng)
     origin = (14.3, 13.0)
-    res = stemedge.center_of_mass(frames, radius=radius, inner_radius=inner, origin=origin,
-                                  dtype=np.float64)
-    mask = disk((31, 29), radius, origin) if inner is None else annulus((31, 29), inner, radius, origin)
+    res = stemedge.center_of_mass(
+        frames, radius=radius, inner_radius=inner, origin=origin, dtype=np.float64
+    )
+    mask = (
+        disk((31, 29), radius, origin)
+        if inner is None
+        else annulus((31, 29), inner, radius, origin)
+    )
     shifts, s = ref_com(frames, mask, origin)
     np.testing.assert_allclose(res.intensity, s, rtol=1e-12)
     np.testing.assert_allclose(res.shifts, shifts, atol=1e-9)
@@ -134,7 +148,9 @@ def test_com_counts_near_overflow(backend):
         res = stemedge.center_of_mass(frames, dtype=np.float64)
         _, s = ref_com(frames)
         np.testing.assert_array_equal(res.intensity, s)
-        np.testing.assert_allclose(res.shifts[0], [(70 - 1) / 2 - 35, (90 - 1) / 2 - 45], atol=1e-12)
+        np.testing.assert_allclose(
+            res.shifts[0], [(70 - 1) / 2 - 35, (90 - 1) / 2 - 45], atol=1e-12
+        )
 
 
 def test_com_nan_propagates_unless_thresholded(backend):
@@ -188,14 +204,16 @@ def test_virtual_images_match_numpy(backend, dtype, mode):
     rng = np.random.default_rng(7)
     det = (37, 41)
     frames = random_frames((6, 7, *det), dtype, rng)
-    masks = np.stack([
-        disk(det, 9),
-        annulus(det, 10, 18),
-        disk(det, 6, (5, 35), antialias=True),
-        (rng.random(det) < 0.3).astype(np.float32),  # scattered pixels: many short runs
-        rng.normal(size=det).astype(np.float32),  # dense signed weights
-        np.ones(det, np.float32),
-    ])
+    masks = np.stack(
+        [
+            disk(det, 9),
+            annulus(det, 10, 18),
+            disk(det, 6, (5, 35), antialias=True),
+            (rng.random(det) < 0.3).astype(np.float32),  # scattered pixels: many short runs
+            rng.normal(size=det).astype(np.float32),  # dense signed weights
+            np.ones(det, np.float32),
+        ]
+    )
     images = stemedge.virtual_images(frames, masks, mode=mode, dtype=np.float64)
     ref = np.moveaxis(ref_sums(frames, masks), -1, 0)
     assert images.shape == (6, 6, 7)
@@ -247,8 +265,9 @@ def test_fused_equals_separate_passes(backend, dtype):
     det = (40, 40)
     frames = random_frames((8, 9, *det), dtype, rng)
     bf, adf = disk(det, 8), annulus(det, 10, 19)
-    fused = stemedge.com_and_virtual_images(frames, [bf, adf], radius=15, threshold=50,
-                                            dtype=np.float64)
+    fused = stemedge.com_and_virtual_images(
+        frames, [bf, adf], radius=15, threshold=50, dtype=np.float64
+    )
     com = stemedge.center_of_mass(frames, radius=15, threshold=50, dtype=np.float64)
     images = stemedge.virtual_images(frames, [bf, adf], dtype=np.float64)
     np.testing.assert_array_equal(fused.shifts, com.shifts)
@@ -271,25 +290,31 @@ def test_fused_equals_separate_passes(backend, dtype):
 def test_all_backends_agree_with_reference(n, dy, dx, dtype, seed, thr):
     rng = np.random.default_rng(seed)
     frames = random_frames((n, dy, dx), dtype, rng, high=300)
-    masks = np.stack([
-        np.ones((dy, dx), np.float32),
-        (rng.random((dy, dx)) < 0.4).astype(np.float32),
-        rng.uniform(-1, 1, (dy, dx)).astype(np.float32),
-    ])
+    masks = np.stack(
+        [
+            np.ones((dy, dx), np.float32),
+            (rng.random((dy, dx)) < 0.4).astype(np.float32),
+            rng.uniform(-1, 1, (dy, dx)).astype(np.float32),
+        ]
+    )
     plan = MaskSet(masks).plan
     previous = _native.active_backend()
     results = {}
     try:
         for name in _native.available_backends():
             _native.set_backend(name)
-            results[name] = _native.reduce(frames, plan, [True, True, False],
-                                           [np.nan if thr is None else thr] * 3)
+            results[name] = _native.reduce(
+                frames, plan, [True, True, False], [np.nan if thr is None else thr] * 3
+            )
     finally:
         _native.set_backend(previous)
     ref = results.pop("ref")
     yy, xx = np.mgrid[:dy, :dx]
-    expect = ref_sums(frames, [masks[0], masks[0] * yy, masks[0] * xx, masks[1], masks[1] * yy,
-                               masks[1] * xx, masks[2]], thr)
+    expect = ref_sums(
+        frames,
+        [masks[0], masks[0] * yy, masks[0] * xx, masks[1], masks[1] * yy, masks[1] * xx, masks[2]],
+        thr,
+    )
     np.testing.assert_allclose(ref, expect.reshape(n, 7), rtol=1e-9, atol=1e-6)
     for name, got in results.items():
         np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-3, err_msg=name)

@@ -48,7 +48,9 @@ def rotation_matrix(rotation_deg: float, flip_y: bool) -> np.ndarray:
 def _pair(value: Any, name: str) -> tuple[float, float]:
     arr = np.broadcast_to(np.asarray(value, dtype=float), (2,))
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be positive and finite (a number or a (y, x) pair), got {value!r}")
+        raise ValueError(
+            f"{name} must be positive and finite (a number or a (y, x) pair), got {value!r}"
+        )
     return (float(arr[0]), float(arr[1]))
 
 
@@ -154,7 +156,9 @@ class Calibration:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown calibration fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown calibration fields {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**d)
 
     def to_json(self) -> str:

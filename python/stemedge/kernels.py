@@ -32,7 +32,7 @@ _RESULT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class CenterOfMass(NamedTuple):
-    """Centre-of-mass result: ``shifts`` (..., 2) in px (y, x) from the origin, ``intensity`` (...)."""
+    """Centre of mass: ``shifts`` (..., 2) in px (y, x) from the origin, ``intensity`` (...)."""
 
     shifts: np.ndarray
     intensity: np.ndarray
@@ -56,8 +56,8 @@ def _check_frames(frames) -> tuple[np.ndarray, tuple[int, ...], tuple[int, int]]
         raise TypeError(f"frames: pass a numpy array, got {type(frames).__name__}")
     if frames.ndim not in (3, 4):
         raise ValueError(
-            "frames: expected a stack (n, det_y, det_x) or a 4D scan (scan_y, scan_x, det_y, det_x), "
-            f"got shape {frames.shape}"
+            "frames: expected a stack (n, det_y, det_x) or a 4D scan "
+            f"(scan_y, scan_x, det_y, det_x), got shape {frames.shape}"
         )
     if frames.shape[-2] == 0 or frames.shape[-1] == 0:
         raise ValueError(f"frames: the detector axes are empty (shape {frames.shape})")
@@ -118,8 +118,14 @@ def _com_mask(det_shape, radius, inner_radius, mask, origin) -> np.ndarray:
 def _out_array(out, shape, dtype, name) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
-    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype not in _RESULT_DTYPES:
-        raise ValueError(f"{name}: must be a float32 or float64 numpy array of shape {tuple(shape)}")
+    if (
+        not isinstance(out, np.ndarray)
+        or out.shape != tuple(shape)
+        or out.dtype not in _RESULT_DTYPES
+    ):
+        raise ValueError(
+            f"{name}: must be a float32 or float64 numpy array of shape {tuple(shape)}"
+        )
     if not out.flags.writeable:
         raise ValueError(f"{name}: array is read-only")
     return out
@@ -289,7 +295,9 @@ def com_and_virtual_images(
         _nthreads(nthreads),
     )
     com_res = _finish_com(raw, 0, scan_shape, o, float(empty), dtype, None)
-    images = _finish_images(raw, [3 + m for m in range(k)], vis, single, scan_shape, normalize, dtype, None)
+    images = _finish_images(
+        raw, [3 + m for m in range(k)], vis, single, scan_shape, normalize, dtype, None
+    )
     return ComAndVirtualImages(com_res.shifts, com_res.intensity, images)
 
 
@@ -302,7 +310,9 @@ def _fused_plan(vis: MaskSet, det_shape, radius, inner_radius, com_mask, origin)
         cached = vis._fused_cache.get(key)
         if cached is not None:
             return cached
-    com = _com_mask(det_shape, radius, inner_radius, com_mask, origin if radius is not None else None)
+    com = _com_mask(
+        det_shape, radius, inner_radius, com_mask, origin if radius is not None else None
+    )
     both = MaskSet(np.concatenate([com[np.newaxis], vis.masks]), names=["com", *vis.names])
     if key is not None:
         vis._fused_cache[key] = both

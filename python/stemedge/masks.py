@@ -97,9 +97,13 @@ class MaskSet:
         if arr.ndim == 2:
             arr = arr[np.newaxis]
         if arr.ndim != 3 or arr.shape[0] == 0:
-            raise ValueError(f"masks must be (det_y, det_x) or (k, det_y, det_x), got shape {arr.shape}")
+            raise ValueError(
+                f"masks must be (det_y, det_x) or (k, det_y, det_x), got shape {arr.shape}"
+            )
         if arr.dtype.kind not in "biuf":
-            raise TypeError(f"masks must be real numbers (bool, int or float), got dtype {arr.dtype}")
+            raise TypeError(
+                f"masks must be real numbers (bool, int or float), got dtype {arr.dtype}"
+            )
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.all(np.isfinite(arr)):
             raise ValueError("masks contain NaN or infinite weights")
