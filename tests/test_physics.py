@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import stemedge
-from stemedge import _native
 from stemedge.calibration import Calibration, interaction_constant, wavelength_A
 from stemedge.dpc import curl, deflection, divergence, dpc, find_rotation, idpc
 from stemedge.masks import annulus, disk
@@ -28,17 +27,6 @@ from stemedge.sim import lattice, phase_ramp, simulate_4dstem, sinusoid
 
 INT_DTYPES = (np.uint8, np.uint16, np.uint32)
 DTYPES = (*INT_DTYPES, np.float32)
-
-
-@pytest.fixture(params=_native.available_backends())
-def native_backend(request):
-    """Run a test once per compiled CPU backend (SIMD variants and the scalar reference)."""
-    previous = _native.active_backend()
-    _native.set_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        _native.set_backend(previous)
 
 
 # --- references (float64 numpy, independent of the kernels) ---------------------------------------
@@ -110,7 +98,7 @@ def lattice_scan(n=48, step=0.26, phase_rad=0.05, det=48, seed=1):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_1_binary_disk_com_is_its_integer_shift(native_backend, dtype):
+def test_1_binary_disk_com_is_its_integer_shift(backend, dtype):
     # A binary disk is symmetric about its centre, so its first moment is the centre itself; the
     # kernels accumulate integers exactly and floats in float64, so the shift d must come out to
     # float32 round-off (PHYSICS tolerance 1e-4 px; measured exactly 0 on every backend).
@@ -142,7 +130,7 @@ def test_1_binary_disk_com_is_its_integer_shift(native_backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("det", [(32, 32), (33, 31), (32, 33), (7, 64)])
-def test_1_uniform_frame_com_is_the_geometric_centre(native_backend, dtype, det):
+def test_1_uniform_frame_com_is_the_geometric_centre(backend, dtype, det):
     # A flat frame has its first moment at ((Dy−1)/2, (Dx−1)/2): for even D that is 0.5 px
     # before the default origin D//2 (where fftshift puts k = 0), for odd D exactly on it
     # (PHYSICS.md C2 [flag]). Tolerance 1e-4 px; measured exact.
@@ -405,7 +393,7 @@ def counted_scan(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_7_virtual_detectors_add_up_to_the_frame_sum(native_backend, dtype):
+def test_7_virtual_detectors_add_up_to_the_frame_sum(backend, dtype):
     # V_m(R) = Σ_k M_m(k)·I_R(k). For counted (integer) data and binary masks every sum is an
     # integer and must be exact (compared in int64; float64 results hold integers < 2⁵³).
     data = counted_scan(dtype)
