@@ -49,9 +49,6 @@ py::array_t<double> reduce(const py::array& frames, const MaskPlan& plan,
     opt.moments.assign(moments.begin(), moments.end());
     opt.thresholds = thresholds;
     opt.nthreads = nthreads;
-    if (opt.moments.size() != plan.n_masks() || opt.thresholds.size() != plan.n_masks())
-        throw py::value_error("moments and thresholds need one entry per mask (" +
-                              std::to_string(plan.n_masks()) + ")");
     const std::size_t n = view.n_frames(), nch = n_channels(opt, plan.n_masks());
     py::array_t<double> result;
     if (out.is_none()) {

@@ -98,6 +98,9 @@ void split_frames(std::size_t n, std::size_t nthreads, Fn&& fn) {
 }  // namespace
 
 std::size_t n_channels(const ReduceOptions& opt, std::size_t n_masks) {
+    if (opt.moments.size() != n_masks || opt.thresholds.size() != n_masks)
+        throw std::invalid_argument("moments and thresholds need one entry per mask (" +
+                                    std::to_string(n_masks) + ")");
     std::size_t c = 0;
     for (std::size_t m = 0; m < n_masks; ++m) c += opt.moments[m] ? 3 : 1;
     return c;
@@ -110,8 +113,7 @@ void reduce_frames(const FrameStackView& frames, const MaskPlan& plan, const Red
                                     ", " + std::to_string(frames.det_x) + ") but the masks are (" +
                                     std::to_string(plan.det_y()) + ", " +
                                     std::to_string(plan.det_x()) + ")");
-    if (opt.moments.size() != plan.n_masks() || opt.thresholds.size() != plan.n_masks())
-        throw std::invalid_argument("moments/thresholds need one entry per mask");
+    n_channels(opt, plan.n_masks());  // validates the per-mask options
     const BackendOps* b = current().load();
     split_frames(frames.n_frames(), opt.nthreads, [&](std::size_t, std::size_t s, std::size_t e) {
         b->reduce(frames, plan, opt, out, s, e);

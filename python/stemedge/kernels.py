@@ -92,6 +92,11 @@ def _threshold(threshold) -> float:
     return t
 
 
+def _com_geometry(radius, inner_radius, origin) -> tuple:
+    """Hashable description of the CoM mask: the origin only matters for a disk or annulus."""
+    return (radius, inner_radius, origin if radius is not None else None)
+
+
 @functools.lru_cache(maxsize=64)
 def _com_plan(det_shape, radius, inner_radius, origin) -> MaskSet:
     if radius is None:
@@ -112,7 +117,7 @@ def _com_mask(det_shape, radius, inner_radius, mask, origin) -> np.ndarray:
         if m.shape != det_shape:
             raise ValueError(f"mask has shape {m.shape} but frames have detector shape {det_shape}")
         return m.astype(np.float32)
-    return _com_plan(det_shape, radius, inner_radius, origin).masks[0]
+    return _com_plan(det_shape, *_com_geometry(radius, inner_radius, origin)).masks[0]
 
 
 def _out_array(out, shape, dtype, name) -> np.ndarray:
@@ -197,7 +202,7 @@ def center_of_mass(
     o = _origin(origin, det_shape)
     dtype = _result_dtype(dtype)
     if mask is None:
-        plan = _com_plan(det_shape, radius, inner_radius, o if radius is not None else None)
+        plan = _com_plan(det_shape, *_com_geometry(radius, inner_radius, o))
     else:
         plan = MaskSet(_com_mask(det_shape, radius, inner_radius, mask, o), names=["com"])
     raw = _native.reduce(frames, plan.plan, [True], [_threshold(threshold)], _nthreads(nthreads))
@@ -212,13 +217,16 @@ def _as_maskset(masks, det_shape, mode) -> tuple[MaskSet, bool]:
     return ms, single
 
 
+def _check_normalize(normalize: str) -> None:
+    if normalize not in ("sum", "mean"):
+        raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}")
+
+
 def _finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, out) -> np.ndarray:
     k = len(ms)
     shape = scan_shape if single else (k, *scan_shape)
     images = _out_array(out, shape, dtype, "out")
     view = images.reshape((1, *scan_shape)) if single else images
-    if normalize not in ("sum", "mean"):
-        raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}")
     sums = ms.weight_sums()
     for m in range(k):
         v = raw[:, cols[m]]
@@ -255,6 +263,7 @@ def virtual_images(
     ndarray (k, ...) — or (...) when ``masks`` is a single 2-D array.
     """
     frames, scan_shape, det_shape = _check_frames(frames)
+    _check_normalize(normalize)
     ms, single = _as_maskset(masks, det_shape, mode)
     dtype = _result_dtype(dtype)
     k = len(ms)
@@ -284,6 +293,7 @@ def com_and_virtual_images(
     frames, scan_shape, det_shape = _check_frames(frames)
     o = _origin(origin, det_shape)
     dtype = _result_dtype(dtype)
+    _check_normalize(normalize)
     vis, single = _as_maskset(masks, det_shape, "auto")
     both = _fused_plan(vis, det_shape, radius, inner_radius, com_mask, o)
     k = len(vis)
@@ -306,13 +316,11 @@ def _fused_plan(vis: MaskSet, det_shape, radius, inner_radius, com_mask, origin)
     geometry (live loops call the fused pass on small stacks: rebuilding costs ~0.2 ms a call)."""
     key = None
     if com_mask is None:
-        key = (radius, inner_radius, origin if radius is not None else None)
+        key = _com_geometry(radius, inner_radius, origin)
         cached = vis._fused_cache.get(key)
         if cached is not None:
             return cached
-    com = _com_mask(
-        det_shape, radius, inner_radius, com_mask, origin if radius is not None else None
-    )
+    com = _com_mask(det_shape, radius, inner_radius, com_mask, origin)
     both = MaskSet(np.concatenate([com[np.newaxis], vis.masks]), names=["com", *vis.names])
     if key is not None:
         vis._fused_cache[key] = both

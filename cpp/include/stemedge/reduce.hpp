@@ -21,6 +21,7 @@ struct ReduceOptions {
 
 // Output layout per frame (row of `out`, `n_channels(...)` doubles): for each mask in order,
 // S, then Sy, Sx if moments[m]. Integer inputs are summed exactly (integer accumulators).
+// Throws std::invalid_argument unless moments and thresholds have one entry per mask.
 std::size_t n_channels(const ReduceOptions& opt, std::size_t n_masks);
 
 void reduce_frames(const FrameStackView& frames, const MaskPlan& plan, const ReduceOptions& opt,

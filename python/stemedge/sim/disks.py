@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from stemedge.sim._checks import check_dtype
+
 __all__ = ["DiskScan", "default_shift_field", "shifted_disks"]
 
-_DTYPES = (np.uint8, np.uint16, np.uint32, np.float32, np.float64)
 _SUPERSAMPLE = 4  # 4×4 points per pixel for the area coverage of the disk edge
 _TEMPLATE_BUDGET = 256 * 2**20  # build all templates at once below this many bytes
 _CHUNK_BYTES = 64 * 2**20
@@ -172,13 +173,7 @@ def shifted_disks(
     sub = int(subpixel)
     if noise not in (None, "poisson"):
         raise ValueError(f"noise must be None or 'poisson', got {noise!r}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be a numpy dtype, got {dtype!r}") from None
-    if dt.type not in _DTYPES:
-        names = ", ".join(np.dtype(t).name for t in _DTYPES)
-        raise TypeError(f"dtype must be one of {names}; got {dt.name}")
+    dt = check_dtype(dtype)
     integer = np.issubdtype(dt, np.integer)
     if integer and np.rint(bg + counts) > np.iinfo(dt).max:
         raise ValueError(

@@ -17,11 +17,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from stemedge.calibration import Calibration, rotation_matrix, wavelength_A
+from stemedge.sim._checks import check_dtype
 
 __all__ = ["ABERRATION_KEYS", "SimulatedScan", "aberration_phase", "simulate_4dstem"]
 
 ABERRATION_KEYS = ("C10", "C12", "phi12", "C21", "phi21", "C23", "phi23", "C30")
-_DTYPES = (np.uint8, np.uint16, np.uint32, np.float32, np.float64)
 
 
 @dataclasses.dataclass
@@ -154,17 +154,6 @@ def _detector_map(d: int, rotation_deg: float, flip_y: bool):
     return ("bilinear", np.stack(idx), np.stack(wts))
 
 
-def _check_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be a numpy dtype, got {dtype!r}") from None
-    if dt.type not in _DTYPES:
-        names = ", ".join(np.dtype(t).name for t in _DTYPES)
-        raise TypeError(f"dtype must be one of {names}; got {dt.name}")
-    return dt
-
-
 def simulate_4dstem(
     phase: Any,
     *,
@@ -263,7 +252,7 @@ def simulate_4dstem(
     alpha = float(convergence_mrad)
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"convergence_mrad must be positive, got {convergence_mrad!r}")
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     integer = np.issubdtype(dt, np.integer)
     if dose is None:
         if integer:
