@@ -13,8 +13,7 @@ namespace stemedge::bind {
 
 namespace py = pybind11;
 
-inline DType frame_dtype(const py::array& a, const char* name) {
-    const py::dtype dt = a.dtype();
+inline DType frame_dtype(const py::dtype& dt, const char* name) {
     const char kind = dt.kind();
     const auto size = dt.itemsize();
     const char order = dt.byteorder();
@@ -29,6 +28,8 @@ inline DType frame_dtype(const py::array& a, const char* name) {
                          " is not supported; pass uint8, uint16, uint32 or float32 frames (e.g. " +
                          name + ".astype(np.float32))");
 }
+
+inline DType frame_dtype(const py::array& a, const char* name) { return frame_dtype(a.dtype(), name); }
 
 inline FrameStackView frame_view(const py::array& a, const char* name) {
     FrameStackView v;

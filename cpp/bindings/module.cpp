@@ -6,10 +6,12 @@ namespace py = pybind11;
 namespace stemedge::bind {
 void init_kernels(py::module_& m);
 void init_info(py::module_& m);
+void init_ring(py::module_& m);
 }  // namespace stemedge::bind
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "stemedge native core: CPU kernels, mask plans, build information";
+    m.doc() = "stemedge native core: CPU kernels, mask plans, frame ring, build information";
     stemedge::bind::init_kernels(m);
     stemedge::bind::init_info(m);
+    stemedge::bind::init_ring(m);
 }
