@@ -50,7 +50,9 @@ class Encoding(enum.IntEnum):
     """How a committed slot holds its frames."""
 
     RAW = 0  # frames as (slot_frames, det_y, det_x) of the ring's dtype
-    BSLZ4 = 1  # per-frame bitshuffle-LZ4 payloads (DECTRIS), frame i at raw[i*frame_bytes:], nbytes[i]
+    BSLZ4 = (
+        1  # per-frame bitshuffle-LZ4 payloads (DECTRIS), frame i at raw[i*frame_bytes:], nbytes[i]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +135,17 @@ class WriteSlot:
 class FilledStack:
     """A committed stack handed to one consumer: views of the slot, valid until ``release()``."""
 
-    __slots__ = ("_released", "_ring", "encoding", "frames", "indices", "nbytes", "raw", "sequence",
-                 "slot")
+    __slots__ = (
+        "_released",
+        "_ring",
+        "encoding",
+        "frames",
+        "indices",
+        "nbytes",
+        "raw",
+        "sequence",
+        "slot",
+    )
 
     def __init__(self, ring: FrameRing, slot: int) -> None:
         self._ring = ring
@@ -167,7 +178,7 @@ class FilledStack:
 def _pin(address: int, nbytes: int) -> tuple[bool, str]:
     """Page-lock the slab for fast, asynchronous host→GPU copies (cudaHostRegister via cupy)."""
     try:
-        import cupy  # noqa: PLC0415 (optional dependency)
+        import cupy
 
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return False, "no CUDA device"
@@ -179,7 +190,7 @@ def _pin(address: int, nbytes: int) -> tuple[bool, str]:
 
 def _unpin(address: int) -> None:
     try:
-        import cupy  # noqa: PLC0415
+        import cupy
 
         cupy.cuda.runtime.hostUnregister(address)
     except Exception:  # best effort at teardown: the memory is freed right after
@@ -225,8 +236,9 @@ class FrameRing:
         if pinned not in ("auto", True, False):
             raise ValueError(f"pinned must be 'auto', True or False, got {pinned!r}")
         fy, fx = (int(v) for v in frame_shape)
-        self._native = _native.FrameRing(int(slots), int(slot_frames), (fy, fx), dt, policy,
-                                         bool(huge_pages))
+        self._native = _native.FrameRing(
+            int(slots), int(slot_frames), (fy, fx), dt, policy, bool(huge_pages)
+        )
         n = self._native
         self._views = [
             (n.frames_view(i), n.indices_view(i), n.nbytes_view(i), n.bytes_view(i))
@@ -236,7 +248,9 @@ class FrameRing:
         if pinned:
             self.pinned, self.pin_note = _pin(n.data_address, n.slab_bytes)
             if pinned is True and not self.pinned:
-                raise RuntimeError(f"pinned=True but the ring could not be pinned ({self.pin_note})")
+                raise RuntimeError(
+                    f"pinned=True but the ring could not be pinned ({self.pin_note})"
+                )
         if self.pinned:
             # Unregister before the slab can be freed (views keep the native ring alive after).
             self._finalizer = weakref.finalize(self, _unpin, n.data_address)

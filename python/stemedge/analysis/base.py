@@ -46,14 +46,24 @@ from stemedge.geometry import ScanGeometry
 
 __all__ = [
     "Analysis",
+    "Partial",
     "ResultKind",
     "ResultSpec",
+    "Results",
     "ScanIndices",
     "check_coverage",
     "check_frames",
     "check_partials",
     "scan_indices",
 ]
+
+
+#: An analysis's accumulators: named numpy arrays, made by ``new_partial``.
+Partial = dict[str, np.ndarray]
+#: What ``finalize`` returns: result arrays by name.
+Results = dict[str, np.ndarray]
+
+_FLOAT32 = np.dtype(np.float32)
 
 
 class ResultKind(enum.Enum):
@@ -68,7 +78,7 @@ class ResultSpec:
 
     name: str
     kind: ResultKind
-    dtype: np.dtype = np.dtype(np.float32)
+    dtype: np.dtype = _FLOAT32
     extra_shape: tuple[int, ...] = ()
     units: str = ""
     description: str = ""
@@ -128,20 +138,20 @@ class Analysis(abc.ABC):
         """The results ``finalize`` returns, in order."""
 
     @abc.abstractmethod
-    def new_partial(self) -> dict[str, np.ndarray]:
+    def new_partial(self) -> Partial:
         """An empty accumulator."""
 
     @abc.abstractmethod
-    def process(self, partial: dict[str, np.ndarray], frames: np.ndarray, indices: np.ndarray) -> None:
+    def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
         """Fold ``frames`` (k, det_y, det_x), taken at flat scan ``indices`` (k,) int64, into
         ``partial``. The frames are a view into a ring slot: do not keep references to them."""
 
     @abc.abstractmethod
-    def merge(self, into: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> None:
+    def merge(self, into: Partial, other: Partial) -> None:
         """Fold ``other`` into ``into`` (both from ``new_partial``)."""
 
     @abc.abstractmethod
-    def finalize(self, partial: dict[str, np.ndarray], coverage: np.ndarray) -> dict[str, np.ndarray]:
+    def finalize(self, partial: Partial, coverage: np.ndarray) -> Results:
         """Results by name (matching ``results()``), from a partial that may not cover the scan."""
 
     def parameters(self) -> dict[str, Any]:
@@ -214,8 +224,9 @@ def scan_indices(geometry: ScanGeometry, indices: Any) -> ScanIndices:
     if k == 0:
         return ScanIndices(flat, None, True)
     first, last = int(flat[0]), int(flat[-1])
-    # Consecutive ascending indices (a raster stack) need one cheap test and allow a slice add.
-    if last - first == k - 1 and (k <= 2 or bool((np.diff(flat) == 1).all())):
+    # Consecutive ascending indices (a raster stack) allow a slice add. With last - first = k - 1
+    # they are consecutive iff strictly increasing: one comparison (np.diff costs twice as much).
+    if last - first == k - 1 and (k <= 2 or bool((flat[1:] > flat[:-1]).all())):
         if first < 0 or last >= geometry.n_positions:
             geometry.check_indices(flat)
         return ScanIndices(flat, first, True)
@@ -259,7 +270,7 @@ def check_coverage(geometry: ScanGeometry, coverage: Any) -> np.ndarray:
     return cov.reshape(-1)
 
 
-def check_partials(into: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> None:
+def check_partials(into: Partial, other: Partial) -> None:
     """Refuse to merge partials with different accumulators (another analysis or geometry):
     numpy broadcasting would otherwise fold a mismatched one in silently."""
     if into.keys() != other.keys():

@@ -1,0 +1,385 @@
+"""Pipeline: source → FrameRing → worker threads → analyses (+ sinks), live.
+
+One producer thread runs ``source.feed(ring, stop)``; ``workers`` threads take filled stacks from
+the ring, decode them if they arrived compressed, fold them into their own partial result of
+every analysis, hand them to the sinks (e.g. an EMD writer or a forwarder to HPC), and release
+the slot. Native kernels release the GIL, so the workers run in parallel. Partial results can
+be read while the scan runs; a monitor thread reports progress and rates to a status channel
+and a progress bar. At the end the partials are merged and finalised.
+
+Every frame is accounted for: ``frames_in = processed + discarded`` once the run is over, and
+``dropped`` (refused by a full ring under the drop policy) and ``rejected`` (frames whose scan
+index lies off the grid) are reported, never silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from stemedge.analysis.base import Analysis
+from stemedge.analysis.runner import Coverage
+from stemedge.geometry import ScanGeometry
+from stemedge.ring import Encoding, FrameRing, RingCounters
+from stemedge.sources.base import Source
+
+__all__ = ["Pipeline", "PipelineError", "PipelineResult", "Sink"]
+
+
+class Sink(Protocol):
+    """Receives every processed stack (from worker threads: must be thread-safe). The frames are
+    views into a ring slot, valid only during the call."""
+
+    def write_frames(self, frames: np.ndarray, indices: np.ndarray) -> None: ...
+
+
+class PipelineError(RuntimeError):
+    """The source or a worker failed. ``result`` holds everything processed before the failure."""
+
+    def __init__(self, message: str, result: PipelineResult | None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """What a run produced: results by analysis then result name, and how the run went."""
+
+    geometry: ScanGeometry
+    results: dict[str, dict[str, np.ndarray]]
+    coverage: np.ndarray  # frames seen per scan position
+    counters: RingCounters
+    frames_rejected: int
+    elapsed_s: float
+    ring: dict[str, Any]
+    source: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.counters.frames_processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.frames_per_s * self.geometry.frame_nbytes
+
+    @property
+    def complete(self) -> bool:
+        """Every scan position seen at least once."""
+        return bool(np.all(self.coverage > 0))
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "frames_in": c.frames_in,
+            "frames_processed": c.frames_processed,
+            "frames_dropped": c.frames_dropped,
+            "frames_discarded": c.frames_discarded,
+            "frames_rejected": self.frames_rejected,
+            "positions_covered": int(np.count_nonzero(self.coverage)),
+            "positions": self.geometry.n_positions,
+            "elapsed_s": self.elapsed_s,
+            "frames_per_s": self.frames_per_s,
+            "bytes_per_s": self.bytes_per_s,
+            "ring_high_water_slots": c.high_water,
+            "latency_p50_s": c.latency_p50_s,
+            "latency_p99_s": c.latency_p99_s,
+            "latency_max_s": c.latency_max_s,
+            "error": self.error,
+        }
+
+
+class _Worker:
+    """One consumer thread's private state: a partial per analysis and a coverage count."""
+
+    def __init__(self, analyses: Sequence[Analysis], geometry: ScanGeometry, ring: FrameRing):
+        self.partials = [a.new_partial() for a in analyses]
+        self.coverage = Coverage(geometry)
+        self.rejected = 0
+        self.lock = threading.Lock()  # held while folding a stack in: snapshots are consistent
+        self.scratch: np.ndarray | None = None  # decode target for compressed stacks
+        self._ring = ring
+
+    def decode(self, stack) -> np.ndarray:
+        if stack.encoding is Encoding.RAW:
+            return stack.frames
+        from stemedge import codecs
+
+        if self.scratch is None:
+            r = self._ring
+            self.scratch = np.empty((r.slot_frames, *r.frame_shape), r.dtype)
+        return codecs.decode_stack(stack, self.scratch)
+
+
+def _valid(indices: np.ndarray, n_positions: int) -> np.ndarray | None:
+    """Mask of on-grid indices, or None when all are (the common case, checked cheaply)."""
+    if len(indices) == 0 or (indices.min() >= 0 and indices.max() < n_positions):
+        return None
+    return (indices >= 0) & (indices < n_positions)
+
+
+class Pipeline:
+    """Run analyses live on frames from a source (module docstring).
+
+    Parameters
+    ----------
+    source : Source
+        Where frames come from; its ``geometry`` fixes the ring and binds the analyses.
+    analyses : sequence of Analysis
+        Unique ``name`` each; bound to the source geometry here.
+    sinks : sequence of Sink
+        Objects with a thread-safe ``write_frames(frames, indices)`` (EMD writer, forwarder).
+    workers : int
+        Consumer threads. Each analysis call should then use one native thread
+        (``nthreads=1``) so that workers and kernels don't oversubscribe the cores.
+    slots, slot_frames, policy, pinned :
+        The ring (see :class:`stemedge.ring.FrameRing`). Defaults: 16-frame slots, enough
+        slots for ~256 MiB or 64 slots, whichever is fewer (at least 4).
+    status : object with ``publish(event, **fields)``, optional
+        A status channel (:class:`stemedge.status.StatusPublisher`).
+    progress : bool
+        Show a tqdm progress bar.
+    report_every_s : float
+        Interval of progress/rate events.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        analyses: Sequence[Analysis],
+        *,
+        sinks: Sequence[Sink] = (),
+        workers: int = 2,
+        slots: int | None = None,
+        slot_frames: int = 16,
+        policy: str = "block",
+        pinned: bool | str = False,
+        status=None,
+        progress: bool = False,
+        report_every_s: float = 0.5,
+    ) -> None:
+        if not isinstance(source, Source):
+            raise TypeError(f"source must be a stemedge Source, got {type(source).__name__}")
+        names = [a.name for a in analyses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"analysis names must be unique, got {names}; pass name=... to each")
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        self.source = source
+        self.geometry = source.geometry
+        self.analyses = list(analyses)
+        for a in self.analyses:
+            a.bind(self.geometry)
+        self.sinks = list(sinks)
+        self.status = status
+        self.progress = progress
+        self.report_every_s = float(report_every_s)
+        if slots is None:
+            per_slot = slot_frames * self.geometry.frame_nbytes
+            slots = int(min(64, max(4, (256 << 20) // max(per_slot, 1))))
+        self.ring = FrameRing(
+            self.geometry.frame_shape,
+            self.geometry.dtype,
+            slots=slots,
+            slot_frames=slot_frames,
+            policy=policy,
+            pinned=pinned,
+        )
+        self._workers = [
+            _Worker(self.analyses, self.geometry, self.ring) for _ in range(int(workers))
+        ]
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        self._t0 = 0.0
+        self._t_end: float | None = None
+        self.result: PipelineResult | None = None
+
+    # -- running ----------------------------------------------------------------------------------
+    def start(self) -> Pipeline:
+        """Start the producer, workers and monitor threads; returns at once."""
+        if self._threads:
+            raise RuntimeError("this pipeline was already started; make a new one")
+        self._t0 = time.perf_counter()
+        self._publish(
+            "started",
+            geometry=self.geometry.to_dict(),
+            source=self.source.describe(),
+            analyses=[{"name": a.name, **a.parameters()} for a in self.analyses],
+            ring=self.ring.describe(),
+            workers=len(self._workers),
+        )
+        self._threads = [
+            threading.Thread(target=self._produce, name="stemedge-source", daemon=True)
+        ]
+        self._threads += [
+            threading.Thread(
+                target=self._consume, args=(w,), name=f"stemedge-worker-{i}", daemon=True
+            )
+            for i, w in enumerate(self._workers)
+        ]
+        self._monitor = threading.Thread(target=self._watch, name="stemedge-monitor", daemon=True)
+        for t in self._threads:
+            t.start()
+        self._monitor.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> PipelineResult:
+        """Wait for the end of the stream and return the merged, finalised result. Raises
+        PipelineError (with ``.result``) if the source or a worker failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise TimeoutError(f"pipeline still running after {timeout} s")
+        self._t_end = time.perf_counter()
+        self._done.set()
+        self._monitor.join()
+        self.result = self._finish()
+        if self.result.error is not None:
+            self._publish("error", message=self.result.error, **self._progress_fields())
+            raise PipelineError(self.result.error, self.result)
+        self._publish("finished", summary=self.result.summary())
+        return self.result
+
+    def run(self) -> PipelineResult:
+        """``start()`` then ``wait()``; Ctrl-C aborts cleanly and raises KeyboardInterrupt."""
+        self.start()
+        try:
+            return self.wait()
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop now: the source stops, filled slots are discarded (and counted)."""
+        self._stop.set()
+        self.ring.abort()
+        for t in self._threads:
+            t.join(5)
+
+    # -- threads ----------------------------------------------------------------------------------
+    def _produce(self) -> None:
+        try:
+            self.source.feed(self.ring, self._stop)
+        except BaseException as exc:  # reported by wait(); the workers still drain the ring
+            self._errors.append(exc)
+        finally:
+            self.ring.close()
+
+    def _consume(self, w: _Worker) -> None:
+        n_pos = self.geometry.n_positions
+        try:
+            for stack in self.ring:
+                frames, indices = w.decode(stack), stack.indices
+                ok = _valid(indices, n_pos)
+                with w.lock:
+                    if ok is not None:
+                        w.rejected += int(len(indices) - ok.sum())
+                        frames, indices = frames[ok], indices[ok]
+                    if len(indices):
+                        for analysis, partial in zip(self.analyses, w.partials, strict=True):
+                            analysis.process(partial, frames, indices)
+                        w.coverage.add(indices)
+                for sink in self.sinks:
+                    if len(indices):
+                        sink.write_frames(frames, indices)
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._stop.set()
+            self.ring.abort()  # the other workers stop too: a failed analysis is not partial data
+
+    def _watch(self) -> None:
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=self.geometry.n_positions,
+                unit="frame",
+                unit_scale=True,
+                desc="stemedge",
+                smoothing=0.1,
+            )
+        last_t, last_n = self._t0, 0
+        while not self._done.wait(self.report_every_s):
+            now = time.perf_counter()
+            fields = self._progress_fields()
+            n = fields["frames_processed"]
+            rate = (n - last_n) / (now - last_t) if now > last_t else 0.0
+            last_t, last_n = now, n
+            self._publish(
+                "progress",
+                **fields,
+                frames_per_s=rate,
+                bytes_per_s=rate * self.geometry.frame_nbytes,
+            )
+            if bar is not None:
+                bar.n = n
+                bar.set_postfix(dropped=fields["frames_dropped"], refresh=False)
+                bar.refresh()
+        if bar is not None:
+            bar.n = self.ring.counters().frames_processed
+            bar.close()
+
+    # -- results ----------------------------------------------------------------------------------
+    def _progress_fields(self) -> dict[str, Any]:
+        c = self.ring.counters()
+        return {
+            "frames_in": c.frames_in,
+            "frames_processed": c.frames_processed,
+            "frames_dropped": c.frames_dropped,
+            "total": self.geometry.n_positions,
+            "fraction": c.frames_processed / self.geometry.n_positions,
+            "ring_filled": c.filled,
+            "latency_p99_s": c.latency_p99_s,
+        }
+
+    def _merged(self) -> tuple[list[dict[str, np.ndarray]], np.ndarray, int]:
+        partials = [a.new_partial() for a in self.analyses]
+        coverage = Coverage(self.geometry)
+        rejected = 0
+        for w in self._workers:
+            with w.lock:
+                for a, into, p in zip(self.analyses, partials, w.partials, strict=True):
+                    a.merge(into, p)
+                coverage.merge(w.coverage)
+                rejected += w.rejected
+        return partials, coverage.counts, rejected
+
+    def partial_results(self) -> dict[str, dict[str, np.ndarray]]:
+        """Results of what has been processed so far (positions not yet seen are NaN)."""
+        partials, cov, _ = self._merged()
+        return {a.name: a.finalize(p, cov) for a, p in zip(self.analyses, partials, strict=True)}
+
+    def counters(self) -> RingCounters:
+        return self.ring.counters()
+
+    def _finish(self) -> PipelineResult:
+        partials, cov, rejected = self._merged()
+        error = None
+        if self._errors:
+            exc = self._errors[0]
+            error = f"{type(exc).__name__}: {exc}"
+        results = {a.name: a.finalize(p, cov) for a, p in zip(self.analyses, partials, strict=True)}
+        return PipelineResult(
+            geometry=self.geometry,
+            results=results,
+            coverage=cov,
+            counters=self.ring.counters(),
+            frames_rejected=rejected,
+            elapsed_s=(self._t_end or time.perf_counter()) - self._t0,
+            ring=self.ring.describe(),
+            source=self.source.describe(),
+            error=error,
+        )
+
+    def _publish(self, event: str, **fields) -> None:
+        if self.status is not None:
+            self.status.publish(event, **fields)
