@@ -18,7 +18,8 @@ import pytest
 import stemedge
 from stemedge.calibration import Calibration
 from stemedge.cli import main
-from stemedge.demo import ARRAY_FILES, DemoResult, pearson, run_demo
+from stemedge.demo import ARRAY_FILES, EMD_FILE, DemoResult, pearson, run_demo
+from stemedge.io.emd import read_emd
 
 SCAN = 32
 DET = 64
@@ -64,9 +65,9 @@ def noise_free(tmp_path_factory) -> DemoResult:
 
 
 def test_writes_every_file(noise_free):
-    names = {*ARRAY_FILES.values(), "summary.json", "summary.png"}
+    names = {*ARRAY_FILES.values(), "summary.json", "summary.png", EMD_FILE}
     assert {p.name for p in noise_free.out_dir.iterdir()} == names
-    assert set(noise_free.files) == {*ARRAY_FILES, "summary_json", "summary_png"}
+    assert set(noise_free.files) == {*ARRAY_FILES, "summary_json", "summary_png", "emd"}
     for path in noise_free.files.values():
         assert path.is_file() and path.stat().st_size > 0, path
 
@@ -111,7 +112,7 @@ def test_summary_json(noise_free):
         "rotation",
         "correlation",
         "timings_s",
-        "throughput",
+        "stream",
         "simd_active",
         "files",
     }
@@ -122,12 +123,41 @@ def test_summary_json(noise_free):
     assert summary["parameters"]["scan"] == SCAN and summary["parameters"]["det"] == DET
     assert summary["parameters"]["dose_e_per_frame"] is None
     assert {"true_deg", "found_deg", "true_flip_y", "found_flip_y"} <= set(summary["rotation"])
-    steps = {"simulate", "native pass", "rotation", "DPC", "compare", "write", "plot", "total"}
+    steps = {"simulate", "stream", "rotation", "DPC", "compare", "bandwidth", "write", "plot"}
+    steps.add("total")
     assert set(summary["timings_s"]) == steps
     assert all(t >= 0 for t in summary["timings_s"].values())
-    assert summary["throughput"]["frames_per_s"] > 0 and summary["throughput"]["gb_per_s"] > 0
+    stream = summary["stream"]
+    n = SCAN * SCAN
+    assert stream["frames_in"] == stream["frames_processed"] == n
+    assert stream["frames_dropped"] == stream["frames_rejected"] == 0
+    assert stream["frames_per_s"] > 0 and stream["read_gb_per_s"] > 0
+    assert 0 < stream["capacity_to_read_bandwidth"] < 2
     assert summary["simd_active"] == stemedge.build_info()["simd_active"]
     assert summary["correlation"]["idpc_vs_ground_truth"] == pytest.approx(noise_free.correlation)
+
+
+def test_emd_file_holds_frames_results_and_provenance(noise_free):
+    with read_emd(noise_free.files["emd"]) as f:
+        assert f.geometry.scan_shape == (SCAN, SCAN) and f.geometry.frame_shape == (DET, DET)
+        frames = f.data[...]
+        assert np.all(np.isclose(frames.sum(axis=(2, 3)), 1.0, atol=1e-4))  # every frame written
+        dpc = f.results["dpc"]
+        np.testing.assert_array_equal(
+            dpc["idpc_phase_rad"], np.load(noise_free.files["idpc_phase_rad"])
+        )
+        assert f.results["patterns"]["mean"].shape == (DET, DET)
+        prov = f.provenance
+        assert prov["stream"]["frames_processed"] == SCAN * SCAN
+        assert prov["source"]["kind"] == "simulator"
+        assert Calibration.from_dict(prov["calibration_found"]) == noise_free.calibration
+
+
+def test_paced_stream_runs_at_the_requested_rate(tmp_path):
+    res = run_demo(tmp_path, scan=24, det=32, dose=0, rate=2000, progress=False)
+    # 576 frames at 2000/s take ≥ 0.28 s whatever the machine; a loaded one may fall behind.
+    assert res.frames_per_s <= 2000 * 1.1
+    assert res.stream["frames_processed"] == 576 and res.stream["frames_dropped"] == 0
 
 
 def test_summary_png_is_a_real_figure(noise_free):
@@ -209,7 +239,7 @@ def test_cli_demo(tmp_path):
     proc = _cli("demo", "--out", "out", "--scan", "24", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # --quiet: neither progress nor summary
-    for name in [*ARRAY_FILES.values(), "summary.json", "summary.png"]:
+    for name in [*ARRAY_FILES.values(), "summary.json", "summary.png", EMD_FILE]:
         assert (tmp_path / "out" / name).is_file(), name
 
 

@@ -203,3 +203,26 @@ def test_duplicate_analysis_names_and_bad_arguments_are_refused():
         Pipeline(data, [SumPattern()])
     with pytest.raises(ValueError, match="workers"):
         Pipeline(SimSource(data), [SumPattern()], workers=0)
+
+
+def test_status_channel_reports_the_run_from_start_to_finish():
+    from stemedge.status import StatusPublisher, StatusWatcher
+
+    data = _data(scan=(20, 20))
+    with StatusPublisher(job="test") as pub, StatusWatcher(pub.endpoint, timeout_s=5) as watch:
+        # the watcher's subscription reaches the publisher within ~20 ms (the slow joiner)
+        deadline = time.monotonic() + 5
+        while watch.next_event(timeout_s=0.05) is None and time.monotonic() < deadline:
+            pass
+        pipe = Pipeline(SimSource(data, frame_rate=1500), [SumPattern()], status=pub,
+                        report_every_s=0.05)
+        res = pipe.run()
+        events = list(watch.events(until=("finished", "error"), timeout_s=5))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert "progress" in kinds and "rates" in kinds
+    progress = [e for e in events if e["event"] == "progress"]
+    assert all(0 <= e["fraction"] <= 1 and e["total"] == 400 for e in progress)
+    done = events[-1]
+    assert done["counters"]["frames_processed"] == 400 == res.counters.frames_processed
+    assert events[0]["geometry"]["scan_shape"] == [20, 20]

@@ -1,4 +1,4 @@
-"""The ``stemedge`` command line: ``stemedge info`` and ``stemedge demo``.
+"""The ``stemedge`` command line: ``info``, ``demo``, ``status`` (and ``process``, ``stream``).
 
 Errors the user can fix (bad arguments, an unwritable output folder) end with one line on stderr
 and exit status 2, never a traceback; a traceback means a bug in stemedge.
@@ -54,6 +54,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0 frames/s (0 = unpaced), got {text!r}")
+    return value
+
+
 def _dose(text: str) -> float:
     value = _finite_float(text)
     if value < 0:
@@ -66,7 +73,7 @@ def _dose(text: str) -> float:
 
 def _build_parser() -> argparse.ArgumentParser:
     from stemedge import __version__
-    from stemedge.demo import MIN_DET, MIN_SCAN
+    from stemedge.demo import DEFAULT_RATE, MIN_DET, MIN_SCAN
 
     parser = _Parser(
         prog="stemedge",
@@ -81,11 +88,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="simulate a scan, analyse it (CoM, virtual BF/ADF, DPC, iDPC) and compare with truth",
+        help="stream a simulated scan through the live pipeline (CoM, virtual BF/ADF, DPC, "
+        "iDPC) and compare with the truth",
         description=(
-            "Simulate a doped lattice (80 kV, α = 25 mrad, 0.26 Å steps), run the fused native "
-            "CoM + virtual-detector pass, recover the scan rotation, compute DPC and iDPC, and "
-            "write maps (.npy), summary.json and summary.png."
+            "Simulate a doped lattice (80 kV, α = 25 mrad, 0.26 Å steps), stream it like a "
+            "detector through the frame ring into live workers (fused CoM + virtual-detector "
+            "pass, mean pattern) while the frames go to an EMD file, recover the scan rotation, "
+            "compute DPC and iDPC, and write the EMD file (frames, results, provenance), maps "
+            "(.npy), summary.json and summary.png."
         ),
     )
     demo.add_argument(
@@ -135,10 +145,34 @@ def _build_parser() -> argparse.ArgumentParser:
         help="mirror the simulated detector's y axis (to be recovered)",
     )
     demo.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE,
+        metavar="FPS",
+        help=f"frames/s the simulated detector streams at (default {DEFAULT_RATE:g}; "
+        "0 = as fast as the pipeline takes them)",
+    )
+    demo.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=2,
+        metavar="N",
+        help="pipeline worker threads (default 2)",
+    )
+    demo.add_argument(
+        "--status",
+        metavar="ENDPOINT",
+        help="publish status events there (e.g. tcp://127.0.0.1:5556; watch with "
+        "`stemedge status --connect ...`)",
+    )
+    demo.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar and no summary (errors still go to stderr)",
     )
+    from stemedge import cli_status  # pyzmq: loaded only when the CLI is built
+
+    cli_status.register(sub)
     return parser
 
 
@@ -197,6 +231,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         rotation_deg=args.rotation,
         flip_y=args.flip,
+        rate=args.rate,
+        workers=args.workers,
+        status=args.status,
         progress=not args.quiet,
     )
     if not args.quiet:
@@ -204,7 +241,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"info": _cmd_info, "demo": _cmd_demo}
+def _cmd_status(args: argparse.Namespace) -> int:
+    from stemedge import cli_status
+
+    return cli_status.run(args)
+
+
+_COMMANDS = {"info": _cmd_info, "demo": _cmd_demo, "status": _cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

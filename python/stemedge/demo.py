@@ -1,15 +1,20 @@
-"""``stemedge demo``: simulate a scan, analyse it with the native kernels, check against the truth.
+"""``stemedge demo``: a simulated microscope streams a scan through the live pipeline; the
+results are checked against the truth.
 
-The demo is the whole live pipeline on data whose answer is known:
+The demo is the whole live data plane on data whose answer is known:
 
 1. simulate a doped square lattice with vacancies (thin phase object, 80 kV, α = 25 mrad) on a
    periodic grid, optionally with Poisson noise and with the detector rotated/flipped;
-2. one fused native pass: centre of mass over the whole frame plus a virtual bright-field disk
-   and an annular dark-field ring;
+2. stream it like a detector (at ``rate`` frames/s) through the native frame ring into worker
+   threads running, live, one fused native pass per stack (centre of mass over the whole frame
+   plus a virtual bright-field disk and an annular dark-field ring) and the mean pattern, while
+   the raw frames go into an EMD file; progress and rates go to the status channel if asked;
 3. recover the scan rotation and handedness from the CoM field alone (curl-free condition);
 4. DPC in physical units: deflection field [mrad], divergence, curl, iDPC phase [rad];
 5. compare the iDPC phase with the simulated ground truth;
-6. write the maps (``.npy``), ``summary.json`` and a ``summary.png`` figure.
+6. measure the memory read bandwidth on the same data (the physical limit of the analysis);
+7. write the results into the EMD file (with calibration and provenance), the maps (``.npy``),
+   ``summary.json`` and a ``summary.png`` figure.
 
 Everything is in one function, :func:`run_demo`; the command line (``stemedge demo``) only parses
 arguments and prints :meth:`DemoResult.report`.
@@ -31,10 +36,14 @@ import numpy as np
 
 from stemedge import dpc as _dpc
 from stemedge._build import build_info
+from stemedge.analysis import CenterOfMassAnalysis, MeanPattern
 from stemedge.calibration import Calibration, wavelength_A
-from stemedge.kernels import com_and_virtual_images
+from stemedge.io.emd import EMDWriter
+from stemedge.kernels import read_pass
 from stemedge.masks import annulus, disk
+from stemedge.pipeline import Pipeline, PipelineResult
 from stemedge.sim import SimulatedScan, lattice, simulate_4dstem
+from stemedge.sources.sim import SimSource
 
 __all__ = ["ARRAY_FILES", "DemoResult", "field_rgb", "pearson", "run_demo"]
 
@@ -62,7 +71,9 @@ ARRAY_FILES = {
     "idpc_phase_rad": "idpc_phase_rad.npy",
     "ground_truth_phase_rad": "ground_truth_phase_rad.npy",
 }
-_STEPS = ("simulate", "native pass", "rotation", "DPC", "compare", "write", "plot")
+EMD_FILE = "stemedge_demo.emd"
+DEFAULT_RATE = 20_000.0  # frames/s: a fast counting detector (Merlin ~12 k/s, 4D Camera 87 k/s)
+_STEPS = ("simulate", "stream", "rotation", "DPC", "compare", "bandwidth", "write", "plot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +85,8 @@ class DemoResult:
     out_dir : pathlib.Path
         The output folder (absolute).
     files : dict of str to pathlib.Path
-        Every file written: the keys of :data:`ARRAY_FILES` plus ``"summary_json"`` and
-        ``"summary_png"``.
+        Every file written: the keys of :data:`ARRAY_FILES` plus ``"emd"``, ``"summary_json"``
+        and ``"summary_png"``.
     scan, det : int
         Scan positions and detector pixels per side.
     dose : float or None
@@ -97,8 +108,17 @@ class DemoResult:
     correlation_probe_limited : float
         The same against the ground truth blurred by the probe intensity, which is what iDPC
         can at best recover (PHYSICS.md §2.6): ≈ 1 for noise-free data.
-    frames_per_s, gb_per_s : float
-        Throughput of the native fused pass.
+    rate_requested : float or None
+        Frames/s the simulated detector was asked to deliver (None: as fast as possible).
+    stream : dict
+        The live run's :meth:`stemedge.pipeline.PipelineResult.summary`: frames in, processed,
+        dropped, rejected, achieved frames/s, worker capacity, latency.
+    frames_per_s : float
+        Frames/s the pipeline processed the scan at (the stream rate).
+    capacity_frames_per_s, capacity_gb_per_s : float
+        What the workers could take had they never waited for frames (busy-time based).
+    read_gb_per_s : float
+        One native read of the same frames: the memory-bandwidth limit, measured in this run.
     timings_s : dict of str to float
         Wall time of each step and ``"total"`` [s].
     simd_active : str
@@ -120,8 +140,12 @@ class DemoResult:
     curl_to_div: float
     correlation: float
     correlation_probe_limited: float
+    rate_requested: float | None
+    stream: dict[str, Any]
     frames_per_s: float
-    gb_per_s: float
+    capacity_frames_per_s: float
+    capacity_gb_per_s: float
+    read_gb_per_s: float
     timings_s: dict[str, float]
     simd_active: str
 
@@ -140,10 +164,18 @@ class DemoResult:
                 f"  (error {self.rotation_error_deg:+.2f}°, curl/div {self.curl_to_div:.3f})",
                 f"  iDPC      correlation with the ground-truth phase {self.correlation:.3f} "
                 f"({self.correlation_probe_limited:.4f} with the probe-limited truth)",
-                f"  native    fused CoM + BF + ADF pass: {self.frames_per_s:,.0f} frames/s, "
-                f"{self.gb_per_s:.2f} GB/s ({self.simd_active})",
+                f"  stream    {self.stream['frames_processed']} frames live at "
+                f"{self.frames_per_s:,.0f} frames/s (asked {_rate(self.rate_requested)}): "
+                f"{self.stream['frames_in']} in = {self.stream['frames_processed']} processed, "
+                f"{self.stream['frames_dropped']} dropped, {self.stream['frames_rejected']} "
+                f"rejected; latency p99 {_fmt_s(self.stream['latency_p99_s'])}",
+                f"  capacity  CoM + BF + ADF + mean pattern + EMD write: "
+                f"{self.capacity_frames_per_s:,.0f} frames/s = {self.capacity_gb_per_s:.2f} GB/s"
+                f" = {self.capacity_gb_per_s / self.read_gb_per_s:.2f}× the memory read "
+                f"bandwidth ({self.read_gb_per_s:.1f} GB/s, {self.simd_active})",
                 f"  time      {_fmt_s(t['total'])} in all ({steps})",
-                f"  wrote     {self.out_dir}/: {arrays}, summary.json",
+                f"  wrote     {self.out_dir}/: {self.files['emd'].name} (frames, results, "
+                f"provenance), {arrays}, summary.json",
                 f"  figure    {self.files['summary_png']}",
             ]
         )
@@ -154,6 +186,10 @@ class DemoResult:
 
 def _fmt_s(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _rate(rate: float | None) -> str:
+    return "as fast as possible" if rate is None else f"{rate:,.0f}"
 
 
 def _orientation(rotation_deg: float, flip_y: bool) -> str:
@@ -202,6 +238,17 @@ def _check_args(scan, det, dose, seed, rotation_deg) -> tuple[int, int, float | 
             f"(limit {MAX_DATA_BYTES / 2**30:.0f} GiB); use a smaller --scan or --det"
         )
     return scan, det, (dose_f or None), seed, rot
+
+
+def _check_rate(rate) -> float | None:
+    if rate is None or rate == 0:
+        return None
+    r = float(rate)
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(
+            f"rate must be positive frames/s, or 0/None for as fast as possible, got {rate!r}"
+        )
+    return r
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:
@@ -388,7 +435,13 @@ def _summary_dict(res: DemoResult, det: _Detectors, rot: _dpc.RotationResult) ->
             "idpc_vs_probe_limited_truth": _json_number(res.correlation_probe_limited),
         },
         "timings_s": res.timings_s,
-        "throughput": {"frames_per_s": res.frames_per_s, "gb_per_s": res.gb_per_s},
+        "stream": {
+            **res.stream,
+            "rate_requested_frames_per_s": res.rate_requested,
+            "capacity_gb_per_s": res.capacity_gb_per_s,
+            "read_gb_per_s": res.read_gb_per_s,
+            "capacity_to_read_bandwidth": res.capacity_gb_per_s / res.read_gb_per_s,
+        },
         "simd_active": res.simd_active,
         "files": {key: path.name for key, path in res.files.items()},
     }
@@ -511,7 +564,8 @@ def _title(res: DemoResult) -> str:
         f"rotation true {_orientation(res.true_rotation_deg, res.true_flip_y)} → found "
         f"{_orientation(res.found_rotation_deg, res.found_flip_y)} · iDPC vs truth "
         f"r = {res.correlation:.3f} (probe-limited {res.correlation_probe_limited:.3f}) · "
-        f"native pass {res.gb_per_s:.1f} GB/s ({res.simd_active})"
+        f"live {res.frames_per_s / 1e3:,.1f} k frames/s, capacity "
+        f"{res.capacity_gb_per_s / res.read_gb_per_s:.2f}× memory bandwidth ({res.simd_active})"
     )
 
 
@@ -584,6 +638,41 @@ def _plot_summary(
     fig.savefig(path, dpi=100)
 
 
+def _stream(
+    sim: SimulatedScan, cal0: Calibration, dets: _Detectors, emd: EMDWriter, rate, workers, status
+) -> PipelineResult:
+    """Stream the scan through the live pipeline: fused CoM + BF + ADF, mean pattern, raw frames
+    to the EMD file. One native thread per worker: the workers are the parallelism."""
+    analyses = [
+        CenterOfMassAnalysis(
+            origin=dets.origin, virtual={"bf": dets.bf, "adf": dets.adf}, idpc=False, nthreads=1
+        ),
+        MeanPattern(),
+    ]
+    source = SimSource(sim, calibration=cal0, frame_rate=rate)
+    pipe = Pipeline(source, analyses, sinks=[emd], workers=workers, status=status)
+    return pipe.run()
+
+
+def _read_bandwidth(data: np.ndarray, repeats: int = 7) -> float:
+    """Median bytes/s of one native read of ``data``: the limit any analysis of it runs at."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        read_pass(data)
+        times.append(time.perf_counter() - t0)
+    return data.nbytes / float(np.median(times))
+
+
+def _open_status(status):
+    """A StatusPublisher for an endpoint string; an object with publish() is used as is."""
+    if status is None or hasattr(status, "publish"):
+        return status, False
+    from stemedge.status import StatusPublisher
+
+    return StatusPublisher(str(status), job="demo"), True
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -593,9 +682,12 @@ def run_demo(
     seed: int = 0,
     rotation_deg: float = 0.0,
     flip_y: bool = False,
+    rate: float | None = DEFAULT_RATE,
+    workers: int = 2,
+    status=None,
     progress: bool = True,
 ) -> DemoResult:
-    """Simulate, analyse and report a 4D-STEM DPC scan of a known sample.
+    """Simulate, stream, analyse live and report a 4D-STEM DPC scan of a known sample.
 
     Parameters
     ----------
@@ -611,8 +703,14 @@ def run_demo(
         Seed of the sample's dopant/vacancy sites and of the noise.
     rotation_deg, flip_y : float, bool
         Detector orientation given to the simulator, to be recovered by the analysis.
+    rate : float or None
+        Frames/s the simulated detector delivers; None or 0: as fast as the pipeline takes them.
+    workers : int
+        Pipeline worker threads.
+    status : str or StatusPublisher, optional
+        Publish started/progress/finished events there (e.g. ``tcp://127.0.0.1:5556``).
     progress : bool
-        Show a tqdm progress bar over the steps (on stderr).
+        Show tqdm progress bars (on stderr).
 
     Returns
     -------
@@ -627,50 +725,91 @@ def run_demo(
         If ``out_dir`` cannot be created or written.
     """
     scan, det, dose, seed, rotation_deg = _check_args(scan, det, dose, seed, rotation_deg)
+    rate = _check_rate(rate)
+    workers = _check_int(workers, "workers", 1)
     flip_y = bool(flip_y)
     out = _prepare_out_dir(out_dir)
     info = build_info()
     steps = _Steps(progress)
+    publisher, own_publisher = _open_status(status)
     t_start = time.perf_counter()
+    files = {"emd": out / EMD_FILE}
     try:
         with steps.step("simulate"):
             sim = _simulate(scan, det, dose, seed, rotation_deg, flip_y)
             # The analysis must not peek at the true orientation: start from an unrotated one.
             cal0 = sim.calibration.replace(rotation_deg=0.0, flip_y=False)
             dets = _detectors(cal0, det)
+            geometry = SimSource(sim, calibration=cal0).geometry
 
-        with steps.step("native pass"):
-            fused = com_and_virtual_images(sim.data, [dets.bf, dets.adf], origin=dets.origin)
-        t_pass = steps.timings["native pass"]
+        emd = EMDWriter(files["emd"], geometry, overwrite=True)
+        with emd:
+            with steps.step("stream"):
+                live = _stream(sim, cal0, dets, emd, rate, workers, publisher)
+            com = live.results["com"]
 
-        with steps.step("rotation"):
-            # A constant descan offset would not bias the search, but remove the mean anyway so
-            # the shifts saved and integrated are those of the specimen alone.
-            shifts = _dpc.descan_correct(fused.shifts, method="mean")
-            rot = _dpc.find_rotation(shifts, step_A=cal0.scan_step_A)
-            cal = rot.apply_to(cal0)
+            with steps.step("rotation"):
+                # A constant descan offset would not bias the search, but remove the mean anyway
+                # so the shifts saved and integrated are those of the specimen alone.
+                shifts = _dpc.descan_correct(com["shifts_px"], method="mean")
+                rot = _dpc.find_rotation(shifts, step_A=cal0.scan_step_A)
+                cal = rot.apply_to(cal0)
 
-        with steps.step("DPC"):
-            result = _dpc.dpc(shifts, cal)
+            with steps.step("DPC"):
+                result = _dpc.dpc(shifts, cal)
 
-        with steps.step("compare"):
-            truth = sim.phase
-            corr = pearson(result.phase, truth)
-            corr_limited = pearson(result.phase, _probe_limited_truth(sim))
+            with steps.step("compare"):
+                truth = sim.phase
+                corr = pearson(result.phase, truth)
+                corr_limited = pearson(result.phase, _probe_limited_truth(sim))
 
-        maps = {
-            "virtual_bf": fused.images[0],
-            "virtual_adf": fused.images[1],
-            "com_shifts_px": fused.shifts,
-            "field_mrad": result.field_mrad,
-            "idpc_phase_rad": result.phase,
-            "ground_truth_phase_rad": truth,
-        }
-        with steps.step("write"):
-            files = _write_arrays(out, maps)
+            with steps.step("bandwidth"):
+                read_bps = _read_bandwidth(sim.data)
+
+            maps = {
+                "virtual_bf": com["bf"],
+                "virtual_adf": com["adf"],
+                "com_shifts_px": com["shifts_px"],
+                "field_mrad": result.field_mrad,
+                "idpc_phase_rad": result.phase,
+                "ground_truth_phase_rad": truth,
+            }
+            with steps.step("write"):
+                files.update(_write_arrays(out, maps))
+                emd.write_results(
+                    "dpc",
+                    {k: np.asarray(v, np.float32) for k, v in maps.items()},
+                    {
+                        "com_shifts_px": "px",
+                        "field_mrad": "mrad",
+                        "idpc_phase_rad": "rad",
+                        "ground_truth_phase_rad": "rad",
+                    },
+                )
+                emd.write_results("patterns", {"mean": live.results["mean_pattern"]["mean"]})
+                emd.provenance.update(
+                    {
+                        "job": "stemedge demo",
+                        "source": live.source,
+                        "ring": live.ring,
+                        "stream": live.summary(),
+                        "parameters": {
+                            "scan": scan,
+                            "det": det,
+                            "dose": dose,
+                            "seed": seed,
+                            "rotation_deg": rotation_deg,
+                            "flip_y": flip_y,
+                            "rate": rate,
+                            "workers": workers,
+                        },
+                        "calibration_found": cal.to_dict(),
+                    }
+                )
         files["summary_png"] = out / "summary.png"
         files["summary_json"] = out / "summary.json"
 
+        capacity = live.capacity_frames_per_s
         res = DemoResult(
             out_dir=out,
             files=files,
@@ -687,16 +826,22 @@ def run_demo(
             curl_to_div=rot.rms_curl / rot.rms_div if rot.rms_div > 0 else float("nan"),
             correlation=corr,
             correlation_probe_limited=corr_limited,
-            frames_per_s=scan * scan / t_pass,
-            gb_per_s=sim.data.nbytes / t_pass / 1e9,
+            rate_requested=rate,
+            stream=live.summary(),
+            frames_per_s=live.frames_per_s,
+            capacity_frames_per_s=capacity,
+            capacity_gb_per_s=capacity * geometry.frame_nbytes / 1e9,
+            read_gb_per_s=read_bps / 1e9,
             timings_s=steps.timings,
             simd_active=str(info.get("simd_active", "unknown")),
         )
         with steps.step("plot"):
-            mean_pattern = sim.data.mean(axis=(0, 1), dtype=np.float64)
+            mean_pattern = live.results["mean_pattern"]["mean"]
             _plot_summary(files["summary_png"], res, maps, mean_pattern, dets)
     finally:
         steps.close()
+        if own_publisher:
+            publisher.close()
 
     # res.timings_s is this same dict: the total appears in the result as well as in the JSON.
     steps.timings["total"] = time.perf_counter() - t_start

@@ -56,6 +56,7 @@ class PipelineResult:
     counters: RingCounters
     frames_rejected: int
     elapsed_s: float
+    worker_busy_s: list[float]
     ring: dict[str, Any]
     source: dict[str, Any]
     error: str | None = None
@@ -67,6 +68,13 @@ class PipelineResult:
     @property
     def bytes_per_s(self) -> float:
         return self.frames_per_s * self.geometry.frame_nbytes
+
+    @property
+    def capacity_frames_per_s(self) -> float:
+        """Frames/s the workers could have taken had they never waited for frames: processed
+        frames over the workers' mean busy time (≈ the rate of an unpaced run)."""
+        busy = sum(self.worker_busy_s) / max(len(self.worker_busy_s), 1)
+        return self.counters.frames_processed / busy if busy > 0 else 0.0
 
     @property
     def complete(self) -> bool:
@@ -86,6 +94,7 @@ class PipelineResult:
             "elapsed_s": self.elapsed_s,
             "frames_per_s": self.frames_per_s,
             "bytes_per_s": self.bytes_per_s,
+            "capacity_frames_per_s": self.capacity_frames_per_s,
             "ring_high_water_slots": c.high_water,
             "latency_p50_s": c.latency_p50_s,
             "latency_p99_s": c.latency_p99_s,
@@ -101,6 +110,7 @@ class _Worker:
         self.partials = [a.new_partial() for a in analyses]
         self.coverage = Coverage(geometry)
         self.rejected = 0
+        self.busy_s = 0.0  # time spent decoding, analysing and in sinks (not waiting)
         self.lock = threading.Lock()  # held while folding a stack in: snapshots are consistent
         self.scratch: np.ndarray | None = None  # decode target for compressed stacks
         self._ring = ring
@@ -138,8 +148,9 @@ class Pipeline:
         Consumer threads. Each analysis call should then use one native thread
         (``nthreads=1``) so that workers and kernels don't oversubscribe the cores.
     slots, slot_frames, policy, pinned :
-        The ring (see :class:`stemedge.ring.FrameRing`). Defaults: 16-frame slots, enough
-        slots for ~256 MiB or 64 slots, whichever is fewer (at least 4).
+        The ring (see :class:`stemedge.ring.FrameRing`). Defaults: slots of ~1 MiB but 16 to
+        256 frames (per-stack costs are fixed, so small frames travel in bigger stacks), and
+        enough slots for ~256 MiB or 64 slots, whichever is fewer (at least 4).
     status : object with ``publish(event, **fields)``, optional
         A status channel (:class:`stemedge.status.StatusPublisher`).
     progress : bool
@@ -156,7 +167,7 @@ class Pipeline:
         sinks: Sequence[Sink] = (),
         workers: int = 2,
         slots: int | None = None,
-        slot_frames: int = 16,
+        slot_frames: int | None = None,
         policy: str = "block",
         pinned: bool | str = False,
         status=None,
@@ -179,6 +190,8 @@ class Pipeline:
         self.status = status
         self.progress = progress
         self.report_every_s = float(report_every_s)
+        if slot_frames is None:
+            slot_frames = int(min(256, max(16, (1 << 20) // self.geometry.frame_nbytes)))
         if slots is None:
             per_slot = slot_frames * self.geometry.frame_nbytes
             slots = int(min(64, max(4, (256 << 20) // max(per_slot, 1))))
@@ -211,7 +224,8 @@ class Pipeline:
             "started",
             geometry=self.geometry.to_dict(),
             source=self.source.describe(),
-            analyses=[{"name": a.name, **a.parameters()} for a in self.analyses],
+            analyses=[a.name for a in self.analyses],
+            parameters={a.name: a.parameters() for a in self.analyses},
             ring=self.ring.describe(),
             workers=len(self._workers),
         )
@@ -243,9 +257,19 @@ class Pipeline:
         self._monitor.join()
         self.result = self._finish()
         if self.result.error is not None:
-            self._publish("error", message=self.result.error, **self._progress_fields())
+            self._publish(
+                "error",
+                message=self.result.error,
+                type=type(self._errors[0]).__name__,
+                **self._progress_fields(self.result.counters),
+            )
             raise PipelineError(self.result.error, self.result)
-        self._publish("finished", summary=self.result.summary())
+        self._publish(
+            "finished",
+            counters=self.result.counters.to_dict(),
+            elapsed_s=self.result.elapsed_s,
+            summary=self.result.summary(),
+        )
         return self.result
 
     def run(self) -> PipelineResult:
@@ -277,6 +301,7 @@ class Pipeline:
         n_pos = self.geometry.n_positions
         try:
             for stack in self.ring:
+                t0 = time.perf_counter()
                 frames, indices = w.decode(stack), stack.indices
                 ok = _valid(indices, n_pos)
                 with w.lock:
@@ -287,9 +312,10 @@ class Pipeline:
                         for analysis, partial in zip(self.analyses, w.partials, strict=True):
                             analysis.process(partial, frames, indices)
                         w.coverage.add(indices)
-                for sink in self.sinks:
-                    if len(indices):
+                if len(indices):
+                    for sink in self.sinks:
                         sink.write_frames(frames, indices)
+                w.busy_s += time.perf_counter() - t0
         except BaseException as exc:
             self._errors.append(exc)
             self._stop.set()
@@ -307,38 +333,45 @@ class Pipeline:
                 desc="stemedge",
                 smoothing=0.1,
             )
-        last_t, last_n = self._t0, 0
+        last_t, last_n, last_dropped = self._t0, 0, 0
         while not self._done.wait(self.report_every_s):
             now = time.perf_counter()
-            fields = self._progress_fields()
-            n = fields["frames_processed"]
+            c = self.ring.counters()
+            n = c.frames_processed
             rate = (n - last_n) / (now - last_t) if now > last_t else 0.0
             last_t, last_n = now, n
+            self._publish("progress", **self._progress_fields(c))
             self._publish(
-                "progress",
-                **fields,
+                "rates",
                 frames_per_s=rate,
                 bytes_per_s=rate * self.geometry.frame_nbytes,
+                latency_s={"p50": c.latency_p50_s, "p99": c.latency_p99_s, "max": c.latency_max_s},
             )
+            if c.frames_dropped > last_dropped:
+                self._publish(
+                    "drops",
+                    dropped=c.frames_dropped,
+                    new=c.frames_dropped - last_dropped,
+                    reason="ring full",
+                )
+                last_dropped = c.frames_dropped
             if bar is not None:
                 bar.n = n
-                bar.set_postfix(dropped=fields["frames_dropped"], refresh=False)
+                bar.set_postfix(dropped=c.frames_dropped, refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.n = self.ring.counters().frames_processed
             bar.close()
 
     # -- results ----------------------------------------------------------------------------------
-    def _progress_fields(self) -> dict[str, Any]:
-        c = self.ring.counters()
+    def _progress_fields(self, c: RingCounters) -> dict[str, Any]:
         return {
             "frames_in": c.frames_in,
-            "frames_processed": c.frames_processed,
-            "frames_dropped": c.frames_dropped,
+            "processed": c.frames_processed,
+            "dropped": c.frames_dropped,
             "total": self.geometry.n_positions,
             "fraction": c.frames_processed / self.geometry.n_positions,
             "ring_filled": c.filled,
-            "latency_p99_s": c.latency_p99_s,
         }
 
     def _merged(self) -> tuple[list[dict[str, np.ndarray]], np.ndarray, int]:
@@ -375,6 +408,7 @@ class Pipeline:
             counters=self.ring.counters(),
             frames_rejected=rejected,
             elapsed_s=(self._t_end or time.perf_counter()) - self._t0,
+            worker_busy_s=[w.busy_s for w in self._workers],
             ring=self.ring.describe(),
             source=self.source.describe(),
             error=error,
