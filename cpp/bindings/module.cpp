@@ -7,6 +7,7 @@ namespace stemedge::bind {
 void init_kernels(py::module_& m);
 void init_info(py::module_& m);
 void init_ring(py::module_& m);
+void init_bslz4(py::module_& m);
 }  // namespace stemedge::bind
 
 PYBIND11_MODULE(_native, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_native, m) {
     stemedge::bind::init_kernels(m);
     stemedge::bind::init_info(m);
     stemedge::bind::init_ring(m);
+    stemedge::bind::init_bslz4(m);
 }

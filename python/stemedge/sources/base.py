@@ -56,7 +56,7 @@ class Source(abc.ABC):
                 return
             ring.write(chunk.frames, chunk.indices)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most sources hold nothing to release)
         """Release files, sockets and threads. Idempotent."""
 
     def __enter__(self):
