@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from stemedge.sources.base import SourceError
+
 __all__ = ["main"]
 
 EXIT_USAGE = 2  # argparse's own status for usage errors; we use it for every user error
@@ -170,8 +172,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no summary (errors still go to stderr)",
     )
-    from stemedge import cli_status  # pyzmq: loaded only when the CLI is built
+    from stemedge import cli_jobs, cli_status  # pyzmq: loaded only when the CLI is built
 
+    cli_jobs.register(sub)
     cli_status.register(sub)
     return parser
 
@@ -247,7 +250,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return cli_status.run(args)
 
 
-_COMMANDS = {"info": _cmd_info, "demo": _cmd_demo, "status": _cmd_status}
+def _cmd_process(args: argparse.Namespace) -> int:
+    from stemedge import cli_jobs
+
+    return cli_jobs.run_process(args)
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from stemedge import cli_jobs
+
+    return cli_jobs.run_stream(args)
+
+
+_COMMANDS = {
+    "info": _cmd_info,
+    "demo": _cmd_demo,
+    "status": _cmd_status,
+    "process": _cmd_process,
+    "stream": _cmd_stream,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,9 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at devnull so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, OSError) as exc:
-        # Argument values argparse cannot judge alone (e.g. a dose that overflows the counts)
-        # and unusable output folders: the message is for the user, the traceback is not.
+    except (ValueError, OSError, SourceError) as exc:
+        # Argument values argparse cannot judge alone (e.g. a dose that overflows the counts),
+        # unusable output folders and corrupt or incomplete input files: the message is for the
+        # user, the traceback is not.
         print(f"stemedge {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:

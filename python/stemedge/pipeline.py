@@ -329,7 +329,7 @@ class Pipeline:
             bar = tqdm(
                 total=self.geometry.n_positions,
                 unit="frame",
-                unit_scale=True,
+                unit_scale=self.geometry.n_positions >= 10_000,
                 desc="stemedge",
                 smoothing=0.1,
             )

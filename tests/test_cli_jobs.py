@@ -1,0 +1,74 @@
+"""``stemedge process`` on real files: results equal the offline analyses, written as EMD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stemedge.analysis import CenterOfMassAnalysis, run_offline
+from stemedge.cli import main
+from stemedge.io.emd import read_emd, write_emd
+from stemedge.masks import annulus, disk
+from stemedge.sources.files import open_source
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "rosettasciio_merlin"
+
+
+def _reference(path, **open_kw):
+    source = open_source(path, **open_kw)
+    shape = source.geometry.frame_shape
+    masks = {"bf": disk(shape, 5), "adf": annulus(shape, 6, 9)}
+    return run_offline(source, [CenterOfMassAnalysis(virtual=masks)])["com"]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".emd"])
+def test_process_file_matches_the_offline_analysis(tmp_path, suffix, capsys):
+    data = np.random.default_rng(3).poisson(2.0, (6, 7, 20, 22)).astype(np.uint16)
+    path = tmp_path / f"scan{suffix}"
+    if suffix == ".npy":
+        np.save(path, data)
+    else:
+        write_emd(path, data)
+    out = tmp_path / "res.emd"
+    argv = ["process", str(path), "--out", str(out), "--bf", "5", "--adf", "6", "9"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "42 frames processed" in printed and "dropped 0, rejected 0" in printed
+    ref = _reference(path)
+    with read_emd(out) as f:
+        com = f.results["com"]
+        for key in ("shifts_px", "intensity", "bf", "adf"):
+            np.testing.assert_allclose(com[key], ref[key], rtol=1e-6, err_msg=key)
+        assert f.results["mean_pattern"]["mean"].shape == (20, 22)
+        assert f.provenance["stream"]["frames_processed"] == 42
+
+
+@pytest.mark.skipif(not REALDATA.is_dir(), reason="needs ../shared/realdata")
+def test_process_real_merlin_file(tmp_path, capsys):
+    mib = REALDATA / "001_4x2_6bit.mib"
+    out = tmp_path / "mib.emd"
+    assert main(["process", str(mib), "--out", str(out), "--bf", "5", "--adf", "6", "9"]) == 0
+    assert "8 frames processed" in capsys.readouterr().out
+    ref = _reference(mib)
+    with read_emd(out) as f:
+        np.testing.assert_allclose(f.results["com"]["intensity"], ref["intensity"])
+        assert f.results["com"]["intensity"].shape == (2, 4)
+
+
+def test_process_refuses_a_truncated_file_with_one_line(tmp_path, capsys):
+    path = tmp_path / "cut.npy"
+    np.save(path, np.zeros((4, 4, 8, 8), np.uint16))
+    path.write_bytes(path.read_bytes()[:-100])
+    assert main(["process", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stemedge process: error:") and "cut.npy" in err
+    assert err.count("\n") == 1
+
+
+def test_process_bad_adf_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "s.npy"
+    np.save(path, np.zeros((2, 2, 8, 8), np.uint16))
+    assert main(["process", str(path), "--adf", "5", "3", "--quiet"]) == 2
+    assert "INNER" in capsys.readouterr().err
