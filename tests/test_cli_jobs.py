@@ -72,3 +72,79 @@ def test_process_bad_adf_is_a_usage_error(tmp_path, capsys):
     np.save(path, np.zeros((2, 2, 8, 8), np.uint16))
     assert main(["process", str(path), "--adf", "5", "3", "--quiet"]) == 2
     assert "INNER" in capsys.readouterr().err
+
+
+SENDER = """
+import sys, numpy as np
+from stemedge.geometry import ScanGeometry
+from stemedge.net.frame_sender import FrameSender
+from stemedge.calibration import Calibration
+data = np.random.default_rng(5).poisson(2.0, (5, 6, 16, 18)).astype(np.uint16)
+cal = Calibration(scan_step_A=0.5, det_mrad_per_px=1.0, voltage_kV=200, convergence_mrad=4)
+g = ScanGeometry((5, 6), (16, 18), np.uint16, cal)
+tx = FrameSender([sys.argv[1]])
+tx.begin(g)
+tx.send(data.reshape(30, 16, 18), 0)
+tx.end()
+tx.close()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stream_receives_a_scan_from_another_process(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    import stemedge
+
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=str(Path(stemedge.__file__).parents[1]))
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, endpoint], env=env)
+    out = tmp_path / "live.emd"
+    try:
+        code = main(
+            [
+                "stream",
+                "--listen",
+                endpoint,
+                "--out",
+                str(out),
+                "--timeout",
+                "20",
+                "--adf",
+                "5",
+                "8",
+                "--quiet",
+            ]
+        )
+    finally:
+        assert sender.wait(timeout=30) == 0
+    assert code == 0
+    data = np.random.default_rng(5).poisson(2.0, (5, 6, 16, 18)).astype(np.uint16)
+    with read_emd(out) as f:
+        np.testing.assert_array_equal(f.data[...], data)  # the frames, in place
+        assert f.calibration.voltage_kV == 200
+        ref = run_offline(
+            data,
+            [
+                CenterOfMassAnalysis(
+                    virtual={
+                        "bf": disk(
+                            (16, 18), f.calibration.bf_radius_px, f.calibration.origin_for((16, 18))
+                        ),
+                        "adf": annulus((16, 18), 5, 8, f.calibration.origin_for((16, 18))),
+                    }
+                )
+            ],
+        )["com"]
+        for key in ("shifts_px", "bf", "adf"):
+            np.testing.assert_allclose(f.results["com"][key], ref[key], rtol=1e-6, err_msg=key)
+        assert f.provenance["stream"]["frames_in"] == 30
