@@ -214,8 +214,9 @@ def test_status_channel_reports_the_run_from_start_to_finish():
         deadline = time.monotonic() + 5
         while watch.next_event(timeout_s=0.05) is None and time.monotonic() < deadline:
             pass
-        pipe = Pipeline(SimSource(data, frame_rate=1500), [SumPattern()], status=pub,
-                        report_every_s=0.05)
+        pipe = Pipeline(
+            SimSource(data, frame_rate=1500), [SumPattern()], status=pub, report_every_s=0.05
+        )
         res = pipe.run()
         events = list(watch.events(until=("finished", "error"), timeout_s=5))
     kinds = [e["event"] for e in events]
@@ -226,3 +227,48 @@ def test_status_channel_reports_the_run_from_start_to_finish():
     done = events[-1]
     assert done["counters"]["frames_processed"] == 400 == res.counters.frames_processed
     assert events[0]["geometry"]["scan_shape"] == [20, 20]
+
+
+class _Compressed(Source):
+    """Puts bitshuffle-LZ4 payloads into the ring, as the DECTRIS receiver does; frame 5's
+    payload is cut short."""
+
+    def __init__(self, data):
+        self.geometry = ScanGeometry(data.shape[:2], data.shape[2:], data.dtype)
+        self.flat = data.reshape(-1, *data.shape[2:])
+
+    def chunks(self, max_frames):
+        raise NotImplementedError
+
+    def feed(self, ring, stop):
+        from stemedge import codecs
+        from stemedge.ring import Encoding
+
+        fb = ring.frame_bytes
+        for start in range(0, len(self.flat), ring.slot_frames):
+            k = min(ring.slot_frames, len(self.flat) - start)
+            with ring.acquire() as slot:
+                for j in range(k):
+                    payload = np.frombuffer(codecs.bslz4_encode(self.flat[start + j]), np.uint8)
+                    if start + j == 5:
+                        payload = payload[: len(payload) // 2]
+                    slot.raw[j * fb : j * fb + len(payload)] = payload
+                    slot.nbytes[j] = len(payload)
+                    slot.indices[j] = start + j
+                slot.commit(k, Encoding.BSLZ4)
+
+
+def test_compressed_stacks_are_decoded_by_workers_and_corrupt_frames_rejected():
+    data = _data(scan=(6, 7))
+    res = Pipeline(
+        _Compressed(data), [SumPattern(), CenterOfMassAnalysis(nthreads=1)], slot_frames=4
+    ).run()
+    assert res.frames_rejected == 1 and res.counters.frames_processed == 42
+    keep = np.ones(42, bool)
+    keep[5] = False
+    flat = data.reshape(42, *data.shape[2:])
+    np.testing.assert_array_equal(
+        res.results["sum_pattern"]["sum"], flat[keep].sum(axis=0, dtype=np.float64)
+    )
+    assert res.coverage.reshape(-1)[5] == 0 and np.all(res.coverage.reshape(-1)[keep] == 1)
+    assert np.all(np.isnan(res.results["com"]["shifts_px"].reshape(-1, 2)[5]))

@@ -115,15 +115,20 @@ class _Worker:
         self.scratch: np.ndarray | None = None  # decode target for compressed stacks
         self._ring = ring
 
-    def decode(self, stack) -> np.ndarray:
+    def decode(self, stack) -> tuple[np.ndarray, np.ndarray]:
+        """The stack's frames and indices; compressed payloads that fail to decode are left out
+        and counted as rejected (the rest of the stack still counts)."""
         if stack.encoding is Encoding.RAW:
-            return stack.frames
+            return stack.frames, stack.indices
         from stemedge import codecs
 
         if self.scratch is None:
-            r = self._ring
-            self.scratch = np.empty((r.slot_frames, *r.frame_shape), r.dtype)
-        return codecs.decode_stack(stack, self.scratch)
+            self.scratch = codecs.scratch_for(self._ring)
+        try:
+            return codecs.decode_stack(stack, self.scratch), stack.indices
+        except codecs.CorruptFrames as exc:
+            self.rejected += int(np.count_nonzero(~exc.ok))
+            return exc.frames[exc.ok], stack.indices[exc.ok]
 
 
 def _valid(indices: np.ndarray, n_positions: int) -> np.ndarray | None:
@@ -302,7 +307,7 @@ class Pipeline:
         try:
             for stack in self.ring:
                 t0 = time.perf_counter()
-                frames, indices = w.decode(stack), stack.indices
+                frames, indices = w.decode(stack)
                 ok = _valid(indices, n_pos)
                 with w.lock:
                     if ok is not None:
