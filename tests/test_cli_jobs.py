@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from _helpers import MERLIN, subprocess_env
 from stemedge.analysis import CenterOfMassAnalysis, run_offline
 from stemedge.cli import main
 from stemedge.io.emd import read_emd, write_emd
 from stemedge.masks import annulus, disk
 from stemedge.sources.files import open_source
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "rosettasciio_merlin"
+REALDATA = MERLIN
 
 
 def _reference(path, **open_kw):
@@ -99,14 +98,11 @@ def _free_port() -> int:
 
 
 def test_stream_receives_a_scan_from_another_process(tmp_path, capsys):
-    import os
     import subprocess
     import sys
 
-    import stemedge
-
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    env = dict(os.environ, PYTHONPATH=str(Path(stemedge.__file__).parents[1]))
+    env = subprocess_env()
     sender = subprocess.Popen([sys.executable, "-c", SENDER, endpoint], env=env)
     out = tmp_path / "live.emd"
     try:

@@ -16,12 +16,12 @@ import textwrap
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from _helpers import PACKAGE_PARENT
 from stemedge.geometry import ScanGeometry
 from stemedge.net import HEADER_SIZE, FrameReceiver, FrameSender, Header, MsgType, ProtocolError
 from stemedge.net.frame_protocol import FLAG_CRC32, byte_ranges, dtype_code, encode_begin
@@ -29,7 +29,7 @@ from stemedge.ring import FrameRing
 from stemedge.sources.base import SourceError
 
 LOOPBACK = "tcp://127.0.0.1:*"  # the receiver binds a free port; senders use rx.endpoint
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+PYTHON_DIR = PACKAGE_PARENT
 
 # Sends the frames saved in a .npy file, in blocks of 9 positions in a shuffled block order, so
 # messages carry runs of consecutive indices that arrive out of order.

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import emdfile
 import h5py
 import numpy as np
 import pytest
 
+from _helpers import PACKAGE_PARENT
 from stemedge.calibration import Calibration
 from stemedge.geometry import FRAME_DTYPES, ScanGeometry
 from stemedge.io import EMDWriter, read_emd, write_emd
@@ -22,7 +22,7 @@ from stemedge.io.emd import DATACUBE_NAME, ROOT_NAME
 from stemedge.sources.base import SourceError
 
 CAL = Calibration(scan_step_A=(0.5, 2.0), det_mrad_per_px=0.25, det_origin_px=(3.0, 2.0))
-REPO_PYTHON = str(Path(__file__).resolve().parents[1] / "python")
+REPO_PYTHON = str(PACKAGE_PARENT)
 
 
 def _frames(shape, dtype, seed=0) -> np.ndarray:

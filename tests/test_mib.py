@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import MERLIN
 from stemedge.io.mib import MIBFile, parse_mib_header, read_hdr
 from stemedge.sources.base import SourceError
 
-DATA = Path("/work/shared/realdata/rosettasciio_merlin")
+DATA = MERLIN
 SINGLE = DATA / "001_4x2_6bit.mib"
 QUAD = DATA / "Quad_9_Frame_CounterDepth_12_Rows_256.mib"
 

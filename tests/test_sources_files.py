@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import MERLIN
 from stemedge.calibration import Calibration
 from stemedge.geometry import FRAME_DTYPES, ScanGeometry
 from stemedge.io import EMDWriter, write_emd
@@ -16,7 +17,7 @@ from stemedge.sources.base import Source, SourceError
 from stemedge.sources.files import EMDSource, MIBSource, NpySource, RawSource, open_source
 
 CAL = Calibration(scan_step_A=1.5, det_mrad_per_px=0.5)
-SINGLE_MIB = Path("/work/shared/realdata/rosettasciio_merlin/001_4x2_6bit.mib")
+SINGLE_MIB = MERLIN / "001_4x2_6bit.mib"
 
 
 def _data(shape=(3, 5, 4, 6), dtype=np.uint16, seed=0) -> np.ndarray:

@@ -9,18 +9,18 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from _helpers import PACKAGE_PARENT
 from stemedge.cli_status import main as status_main
 from stemedge.cli_status import run as status_run
 from stemedge.geometry import ScanGeometry
 from stemedge.status import StatusPublisher, StatusWatcher
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+PYTHON_DIR = PACKAGE_PARENT
 
 # A publisher in its own process, driven over stdin: one JSON command per line, acknowledged
 # with "ok" on stdout. {"event": …, **fields} publishes; "wait_subscribed" returns once a

@@ -1,0 +1,34 @@
+"""Shared test helpers: where this stemedge lives (for subprocesses) and the real data files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import stemedge
+
+# The directory this stemedge was imported from: the source tree's python/ in development, the
+# virtual environment's site-packages in CI. Subprocesses must import the same (built) package.
+PACKAGE_PARENT = Path(stemedge.__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ with PYTHONPATH leading to this stemedge."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _realdata() -> Path:
+    """The real Merlin files: ../shared/realdata beside the checkout, or the workplace's copy."""
+    here = Path(__file__).resolve().parents[1]
+    candidates = [here.parent / "shared" / "realdata", Path("/work/shared/realdata")]
+    if os.environ.get("STEMEDGE_REALDATA"):
+        candidates.insert(0, Path(os.environ["STEMEDGE_REALDATA"]))
+    for c in candidates:
+        if (c / "rosettasciio_merlin").is_dir():
+            return c / "rosettasciio_merlin"
+    return candidates[-1] / "rosettasciio_merlin"
+
+
+MERLIN = _realdata()
