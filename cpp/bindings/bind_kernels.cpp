@@ -11,6 +11,7 @@
 
 #include "array_views.hpp"
 #include "kernels_doc.hpp"
+#include "stemedge/frame_sum.hpp"
 #include "stemedge/mask_plan.hpp"
 #include "stemedge/reduce.hpp"
 
@@ -77,6 +78,22 @@ std::uint64_t read_once(const py::array& frames, std::size_t nthreads) {
     return read_pass(view, nthreads);
 }
 
+void sum_into(const py::array& frames, const py::array& acc, std::size_t nthreads) {
+    const FrameStackView view = frame_view(frames, "frames");
+    if (!py::isinstance<py::array_t<double>>(acc) || acc.ndim() != 2 ||
+        !(acc.flags() & py::array::c_style) || !acc.writeable() ||
+        static_cast<std::size_t>(acc.shape(0)) != view.det_y ||
+        static_cast<std::size_t>(acc.shape(1)) != view.det_x)
+        throw py::type_error("acc: pass a writeable C-contiguous float64 array of shape (" +
+                             std::to_string(view.det_y) + ", " + std::to_string(view.det_x) + ")");
+    if (py::array(frames).ndim() != 3) throw py::value_error("frames: pass a stack (n, det_y, det_x)");
+    auto* out = static_cast<double*>(py::array(acc).mutable_data());
+    if (!(frames.size() == 0) && frames.data() == static_cast<const void*>(out))
+        throw py::value_error("acc must not share memory with frames");
+    py::gil_scoped_release release;
+    sum_frames(view, out, nthreads);
+}
+
 }  // namespace
 
 void init_kernels(py::module_& m) {
@@ -94,6 +111,10 @@ void init_kernels(py::module_& m) {
     m.def("reduce", &reduce, doc::kReduce, py::arg("frames").noconvert(), py::arg("plan"),
           py::arg("moments"), py::arg("thresholds"), py::arg("nthreads") = 0,
           py::arg("out") = py::none());
+    m.def("sum_frames", &sum_into,
+          "acc += frames.sum(axis=0): per-pixel sum of a stack (n, det_y, det_x) into a float64 "
+          "(det_y, det_x) accumulator; integers exact, float32 in float64 (NaN propagates).",
+          py::arg("frames").noconvert(), py::arg("acc").noconvert(), py::arg("nthreads") = 0);
     m.def("read_pass", &read_once, doc::kReadPass, py::arg("frames").noconvert(),
           py::arg("nthreads") = 0);
     m.def("set_backend", &set_backend, py::arg("name"),

@@ -150,8 +150,8 @@ class Pipeline:
     sinks : sequence of Sink
         Objects with a thread-safe ``write_frames(frames, indices)`` (EMD writer, forwarder).
     workers : int
-        Consumer threads. Each analysis call should then use one native thread
-        (``nthreads=1``) so that workers and kernels don't oversubscribe the cores.
+        Consumer threads. With more than one, analyses left at all native threads
+        (``threads == 0``) are set to one per call: the workers are the parallelism.
     slots, slot_frames, policy, pinned :
         The ring (see :class:`stemedge.ring.FrameRing`). Defaults: slots of ~1 MiB but 16 to
         256 frames (per-stack costs are fixed, so small frames travel in bigger stacks), and
@@ -191,6 +191,8 @@ class Pipeline:
         self.analyses = list(analyses)
         for a in self.analyses:
             a.bind(self.geometry)
+            if int(workers) > 1 and a.threads == 0:
+                a.use_threads(1)  # the workers are the parallelism (see Analysis.use_threads)
         self.sinks = list(sinks)
         self.status = status
         self.progress = progress

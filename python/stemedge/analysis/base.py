@@ -106,10 +106,23 @@ class Analysis(abc.ABC):
 
     def __init__(self, *, name: str | None = None) -> None:
         self._geometry: ScanGeometry | None = None
+        self._nthreads = 0  # native threads per process() call; 0: the whole shared pool
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"name must be a non-empty string, got {name!r}")
             self.name = name
+
+    @property
+    def threads(self) -> int:
+        """Native threads each ``process`` call uses (0: all cores)."""
+        return self._nthreads
+
+    def use_threads(self, n: int) -> None:
+        """Set the native threads per call. The pipeline sets 1 for analyses left at 0 when it
+        runs several workers: concurrent calls into the shared native pool would queue."""
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"threads must be an int >= 0 (0: all cores), got {n!r}")
+        self._nthreads = int(n)
 
     @property
     def geometry(self) -> ScanGeometry:
