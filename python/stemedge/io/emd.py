@@ -390,6 +390,12 @@ class EMDWriter:
         chunks = (1, chunk_frames, *geo.frame_shape)
         kwargs = _creation_kwargs(shape, geo.dtype, chunks, *self._compression)
         self._data = self._cube.create_dataset("data", fillvalue=0, **kwargs)
+        # Chunks of an unfiltered dataset are the frames' bytes: they can be written directly.
+        self._direct = (
+            self._data.compression is None
+            and not self._data.id.get_create_plist().get_nfilters()
+            and self._data.chunks[2:] == tuple(geo.frame_shape)
+        )
         self._data.attrs["units"] = _DATA_UNITS
         _write_dims(self._cube, _scan_dims(cal) + _detector_dims(cal, geo.frame_shape))
         if cal is not None:
@@ -493,18 +499,31 @@ class EMDWriter:
 
     def _write_run(self, frames: np.ndarray, start: int) -> None:
         scan_x = self.geometry.scan_shape[1]
-        dy, dx = self.geometry.frame_shape
         pos, end, i = start, start + frames.shape[0], 0
         while pos < end:
             y, x = divmod(pos, scan_x)
-            if x == 0 and end - pos >= scan_x:  # whole rows: one 4D slice
-                rows = (end - pos) // scan_x
-                n = rows * scan_x
-                self._data[y : y + rows] = frames[i : i + n].reshape(rows, scan_x, dy, dx)
-            else:  # the partial row at either end of the run
-                n = min(scan_x - x, end - pos)
-                self._data[y, x : x + n] = frames[i : i + n]
+            n = min(scan_x - x, end - pos)  # the frames of this run in scan row y
+            self._write_row(frames[i : i + n], y, x)
             pos, i = pos + n, i + n
+
+    def _write_row(self, frames: np.ndarray, y: int, x: int) -> None:
+        """Frames at (y, x … x+n). Whole chunks of an unfiltered dataset go straight to the file
+        (``write_direct_chunk``: no chunk cache, no type conversion; ~3× faster than a slice
+        write); the unaligned ends go through h5py."""
+        k = self._data.chunks[1]
+        n = frames.shape[0]
+        a = -(-x // k) * k  # first chunk boundary at or after x
+        b = min((x + n) // k * k, self.geometry.scan_shape[1] // k * k)
+        if not self._direct or a >= b:
+            self._data[y, x : x + n] = frames
+            return
+        if a > x:
+            self._data[y, x:a] = frames[: a - x]
+        for c in range(a, b, k):
+            chunk = np.ascontiguousarray(frames[c - x : c - x + k])
+            self._data.id.write_direct_chunk((y, c, 0, 0), chunk)
+        if b < x + n:
+            self._data[y, b : x + n] = frames[b - x :]
 
     # --- results, log ------------------------------------------------------------------------
     def write_results(
