@@ -2,6 +2,8 @@
 
     python benchmarks/bench_frame_protocol.py [--repeats 5] [--frames 4096] [--transports tcp ipc]
 
+``STEMEDGE_BENCH_FPM=64`` sends 64 frames per message (8 MiB) instead of 16.
+
 What is measured, all in one run, medians of ``--repeats`` (interleaved rounds):
 
 * ``ring``: frames 256×256 uint16, ``frames_per_message`` = ``slot_frames`` = 16 (2 MiB messages),
@@ -41,7 +43,8 @@ from stemedge.net import FrameReceiver, FrameSender
 from stemedge.net.frame_protocol import Header
 from stemedge.ring import FrameRing
 
-SHAPE, DTYPE, FPM = (256, 256), np.uint16, 16
+SHAPE, DTYPE = (256, 256), np.uint16
+FPM = int(os.environ.get("STEMEDGE_BENCH_FPM", "16"))  # frames per message (= slot frames)
 FRAME_BYTES = SHAPE[0] * SHAPE[1] * 2
 PATTERN_FRAMES = 256  # 32 MiB sent over and over: bigger than the caches, no per-run generation
 

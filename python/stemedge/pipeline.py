@@ -188,7 +188,7 @@ class Pipeline:
         slots: int | None = None,
         slot_frames: int | None = None,
         policy: str = "block",
-        pinned: bool | str = False,
+        pinned: bool | str = "auto",
         status=None,
         progress: bool = False,
         report_every_s: float = 0.5,
