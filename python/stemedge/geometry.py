@@ -79,6 +79,48 @@ class ScanGeometry:
             None if cal is None else Calibration.from_dict(cal),
         )
 
+    def check_stack(self, frames: Any, n: int | None = None) -> None:
+        """Raise unless ``frames`` is a numpy stack (k, det_y, det_x) of this geometry's frame
+        shape and dtype (with k == n when ``n`` is given). Never converts: no silent copies."""
+        if not isinstance(frames, np.ndarray):
+            hint = ""
+            if hasattr(frames, "__cuda_array_interface__"):
+                hint = "; for a GPU array pass cupy.asnumpy(frames)"
+            raise TypeError(
+                f"frames must be a numpy array (n, det_y, det_x), got {type(frames).__name__}{hint}"
+            )
+        if frames.ndim != 3 or frames.shape[1:] != self.frame_shape:
+            raise ValueError(
+                f"frames must have shape (n, {self.frame_shape[0]}, {self.frame_shape[1]}), "
+                f"got {frames.shape}"
+            )
+        if n is not None and frames.shape[0] != n:
+            raise ValueError(
+                f"got {frames.shape[0]} frames but {n} indices; pass one index per frame"
+            )
+        if frames.dtype != self.dtype:
+            raise TypeError(
+                f"frames must have dtype {self.dtype} (the scan's), got {frames.dtype}; convert "
+                f"once with frames.astype(np.{self.dtype})"
+            )
+
+    @staticmethod
+    def as_indices(indices: Any) -> np.ndarray:
+        """Flat scan indices as a 1-D int64 array (not yet checked against the grid: see
+        :meth:`check_indices`). TypeError for non-integers, ValueError unless 1-D."""
+        flat = indices
+        if not (isinstance(flat, np.ndarray) and flat.dtype == np.int64):
+            flat = np.asarray(indices)
+            if flat.dtype.kind not in "iu" and flat.size:
+                raise TypeError(
+                    f"indices must be integers (flat scan indices y * scan_x + x), got dtype "
+                    f"{flat.dtype}; pass np.asarray(indices, dtype=np.int64)"
+                )
+            flat = flat.astype(np.int64, copy=False)
+        if flat.ndim != 1:
+            raise ValueError(f"indices must be one-dimensional (k,), got shape {flat.shape}")
+        return flat
+
     def check_indices(self, indices: np.ndarray) -> None:
         """Raise IndexError unless every flat scan index lies on the scan grid."""
         if indices.size and (indices.min() < 0 or indices.max() >= self.n_positions):

@@ -11,7 +11,6 @@ from stemedge.analysis.base import (
     ResultSpec,
     ScanIndices,
     check_coverage,
-    check_frames,
     check_partials,
     scan_indices,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "SumPattern",
     "VirtualDetectorAnalysis",
     "check_coverage",
-    "check_frames",
     "check_partials",
     "merge_partials",
     "run_offline",

@@ -22,7 +22,7 @@ Rules every analysis follows (the runners rely on them):
 
 - ``process`` and ``merge`` change only the partial they are given, never the analysis object:
   one bound analysis is shared by all worker threads, each with its own partial.
-- ``process`` validates its input (:func:`scan_indices`, :func:`check_frames`): indices outside
+- ``process`` validates its input (:meth:`Analysis.checked_indices`): indices outside
   the scan raise IndexError before anything is accumulated, so a bad stack loses nothing
   already accepted.
 - Stacks may arrive in any order, at arbitrary (sparse, steered, out-of-order) indices, and a
@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from stemedge.geometry import ScanGeometry
+from stemedge.kernels import _nthreads
 
 __all__ = [
     "Analysis",
@@ -52,7 +53,6 @@ __all__ = [
     "Results",
     "ScanIndices",
     "check_coverage",
-    "check_frames",
     "check_partials",
     "scan_indices",
 ]
@@ -104,13 +104,20 @@ class Analysis(abc.ABC):
     #: Short identifier, used as the group name in files and status events.
     name: str = "analysis"
 
-    def __init__(self, *, name: str | None = None) -> None:
+    def __init__(self, *, name: str | None = None, nthreads: int | None = None) -> None:
         self._geometry: ScanGeometry | None = None
-        self._nthreads = 0  # native threads per process() call; 0: the whole shared pool
+        self._nthreads = _nthreads(nthreads)  # native threads per call; 0: the whole pool
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"name must be a non-empty string, got {name!r}")
             self.name = name
+
+    def checked_indices(self, frames: Any, indices: Any) -> ScanIndices:
+        """Validate a stack for ``process``: indices on the grid (:func:`scan_indices`), frames
+        of the bound geometry, one index per frame. Raises before anything is accumulated."""
+        where = scan_indices(self.geometry, indices)
+        self.geometry.check_stack(frames, len(where))
+        return where
 
     @property
     def threads(self) -> int:
@@ -222,17 +229,7 @@ def scan_indices(geometry: ScanGeometry, indices: Any) -> ScanIndices:
     IndexError
         If any index lies outside the scan (``geometry.check_indices``).
     """
-    flat = indices
-    if not (isinstance(flat, np.ndarray) and flat.dtype == np.int64):
-        flat = np.asarray(indices)
-        if flat.dtype.kind not in "iu" and flat.size:
-            raise TypeError(
-                f"indices must be integer flat scan indices (y * scan_x + x), got dtype "
-                f"{flat.dtype}; pass np.asarray(indices, dtype=np.int64)"
-            )
-        flat = flat.astype(np.int64, copy=False)
-    if flat.ndim != 1:
-        raise ValueError(f"indices must be one-dimensional (k,), got shape {flat.shape}")
+    flat = geometry.as_indices(indices)
     k = flat.shape[0]
     if k == 0:
         return ScanIndices(flat, None, True)
@@ -247,29 +244,6 @@ def scan_indices(geometry: ScanGeometry, indices: Any) -> ScanIndices:
     if ordered[0] < 0 or ordered[-1] >= geometry.n_positions:
         geometry.check_indices(flat)
     return ScanIndices(flat, None, not bool((ordered[1:] == ordered[:-1]).any()))
-
-
-def check_frames(geometry: ScanGeometry, frames: Any, n: int) -> None:
-    """Refuse a frame stack that does not match ``geometry`` or has not ``n`` frames."""
-    if not isinstance(frames, np.ndarray):
-        hint = ""
-        if hasattr(frames, "__cuda_array_interface__"):
-            hint = "; for a GPU array pass cupy.asnumpy(frames)"
-        raise TypeError(
-            f"frames must be a numpy array (k, det_y, det_x), got {type(frames).__name__}{hint}"
-        )
-    if frames.ndim != 3 or frames.shape[1:] != geometry.frame_shape:
-        raise ValueError(
-            f"frames must have shape (k, {geometry.frame_shape[0]}, {geometry.frame_shape[1]}), "
-            f"got {frames.shape}"
-        )
-    if frames.shape[0] != n:
-        raise ValueError(f"got {frames.shape[0]} frames but {n} indices; pass one index per frame")
-    if frames.dtype != geometry.dtype:
-        raise TypeError(
-            f"frames have dtype {frames.dtype} but the geometry says {geometry.dtype}; bind the "
-            "analysis to a geometry with the frames' dtype"
-        )
 
 
 def check_coverage(geometry: ScanGeometry, coverage: Any) -> np.ndarray:

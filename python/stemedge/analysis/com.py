@@ -34,19 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from stemedge import _native
 from stemedge.analysis.base import (
-    Analysis,
     Partial,
     ResultKind,
     Results,
     ResultSpec,
     check_coverage,
-    check_frames,
-    check_partials,
-    scan_indices,
 )
 from stemedge.analysis.virtual import (
+    MaskSums,
     as_maskset,
     check_det_shape,
     check_normalize,
@@ -55,7 +51,7 @@ from stemedge.analysis.virtual import (
 )
 from stemedge.dpc import deflection, idpc
 from stemedge.geometry import ScanGeometry
-from stemedge.kernels import _com_mask, _nthreads, _origin, _threshold
+from stemedge.kernels import _com_mask, _origin, _threshold
 from stemedge.masks import MaskSet
 
 __all__ = ["CenterOfMassAnalysis"]
@@ -109,7 +105,7 @@ def _check_com_geometry(radius, inner_radius, mask) -> np.ndarray | None:
     return None
 
 
-class CenterOfMassAnalysis(Analysis):
+class CenterOfMassAnalysis(MaskSums):
     """Centre of mass / DPC per scan position, optionally fused with virtual detectors.
 
     Parameters
@@ -162,7 +158,7 @@ class CenterOfMassAnalysis(Analysis):
         nthreads: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, nthreads=nthreads)
         self.radius = None if radius is None else float(radius)
         self.inner_radius = None if inner_radius is None else float(inner_radius)
         self._mask = _check_com_geometry(radius, inner_radius, mask)
@@ -180,7 +176,6 @@ class CenterOfMassAnalysis(Analysis):
         self._idpc = _idpc_options(idpc)
         self.empty = float(empty)
         self.normalize = check_normalize(normalize)
-        self._nthreads = _nthreads(nthreads)
         k = 0 if self.virtual is None else len(self.virtual)
         self._moments = [True] + [False] * k
         self._thresholds = [self._threshold] + [float("nan")] * k
@@ -237,25 +232,6 @@ class CenterOfMassAnalysis(Analysis):
                 for n in self.virtual.names
             ]
         return specs
-
-    # --- accumulation -------------------------------------------------------------------------
-
-    def new_partial(self) -> Partial:
-        # Columns: S, Sy, Sx, then one sum per virtual mask (the native output layout).
-        return {"sums": np.zeros((self.geometry.n_positions, 2 + len(self._moments)))}
-
-    def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
-        where = scan_indices(self.geometry, indices)
-        check_frames(self.geometry, frames, len(where))
-        if len(where) == 0:
-            return
-        plan = self._plan.plan
-        raw = _native.reduce(frames, plan, self._moments, self._thresholds, self._nthreads)
-        where.add_to(partial["sums"], raw)
-
-    def merge(self, into: Partial, other: Partial) -> None:
-        check_partials(into, other)
-        into["sums"] += other["sums"]
 
     # --- results ------------------------------------------------------------------------------
 

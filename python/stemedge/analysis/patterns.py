@@ -25,11 +25,8 @@ from stemedge.analysis.base import (
     Results,
     ResultSpec,
     check_coverage,
-    check_frames,
     check_partials,
-    scan_indices,
 )
-from stemedge.kernels import _nthreads
 
 __all__ = ["MaxPattern", "MeanPattern", "SumPattern", "sum_frames"]
 
@@ -37,8 +34,7 @@ __all__ = ["MaxPattern", "MeanPattern", "SumPattern", "sum_frames"]
 def sum_frames(frames: np.ndarray, acc: np.ndarray, nthreads: int = 0) -> None:
     """``acc += Σ_i frames[i]`` with ``acc`` float64 (det_y, det_x), natively (integer frames
     summed exactly in integer tiles, float32 in float64), without copying the stack."""
-    if frames.shape[0]:
-        _native.sum_frames(frames, acc, nthreads)
+    _native.sum_frames(frames, acc, nthreads)
 
 
 class SumPattern(Analysis):
@@ -55,8 +51,7 @@ class SumPattern(Analysis):
     name = "sum_pattern"
 
     def __init__(self, *, nthreads: int | None = None, name: str | None = None) -> None:
-        super().__init__(name=name)
-        self._nthreads = _nthreads(nthreads)
+        super().__init__(name=name, nthreads=nthreads)
 
     def results(self) -> list[ResultSpec]:
         return [
@@ -68,9 +63,7 @@ class SumPattern(Analysis):
         return {"sum": np.zeros(self.geometry.frame_shape)}
 
     def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
-        where = scan_indices(self.geometry, indices)
-        check_frames(self.geometry, frames, len(where))
-        if len(where):
+        if len(self.checked_indices(frames, indices)):
             sum_frames(frames, partial["sum"], self._nthreads)
 
     def merge(self, into: Partial, other: Partial) -> None:
@@ -142,9 +135,7 @@ class MaxPattern(Analysis):
         return np.fmax if self._float() else np.maximum
 
     def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
-        where = scan_indices(self.geometry, indices)
-        check_frames(self.geometry, frames, len(where))
-        if len(where):
+        if len(self.checked_indices(frames, indices)):
             op = self._ufunc()
             op(partial["max"], op.reduce(frames, axis=0), out=partial["max"])
 

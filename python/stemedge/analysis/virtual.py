@@ -21,15 +21,12 @@ from stemedge.analysis.base import (
     Results,
     ResultSpec,
     check_coverage,
-    check_frames,
     check_partials,
-    scan_indices,
 )
 from stemedge.geometry import ScanGeometry
-from stemedge.kernels import _nthreads
 from stemedge.masks import MaskSet
 
-__all__ = ["VirtualDetectorAnalysis", "as_maskset"]
+__all__ = ["MaskSums", "VirtualDetectorAnalysis", "as_maskset"]
 
 _NORMALIZE = ("sum", "mean")
 
@@ -102,7 +99,34 @@ def finish_images(
     return images
 
 
-class VirtualDetectorAnalysis(Analysis):
+class MaskSums(Analysis):
+    """Shared by the centre of mass and the virtual detectors: one native reduction per stack
+    (``_native.reduce`` with ``self._plan``, ``self._moments``, ``self._thresholds``, set by the
+    subclass) scattered into per-position sums. Columns follow the native output: S, Sy, Sx
+    for a mask with moments, S alone for the others."""
+
+    _plan: MaskSet
+    _moments: list[bool]
+    _thresholds: list[float]
+
+    def new_partial(self) -> Partial:
+        columns = sum(3 if m else 1 for m in self._moments)
+        return {"sums": np.zeros((self.geometry.n_positions, columns))}
+
+    def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
+        where = self.checked_indices(frames, indices)
+        if len(where):
+            raw = _native.reduce(
+                frames, self._plan.plan, self._moments, self._thresholds, self._nthreads
+            )
+            where.add_to(partial["sums"], raw)
+
+    def merge(self, into: Partial, other: Partial) -> None:
+        check_partials(into, other)
+        into["sums"] += other["sums"]
+
+
+class VirtualDetectorAnalysis(MaskSums):
     """Virtual detector images for any number of masks, from one native pass per stack.
 
     Parameters
@@ -133,10 +157,10 @@ class VirtualDetectorAnalysis(Analysis):
         nthreads: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, nthreads=nthreads)
         self.masks = as_maskset(masks)
+        self._plan = self.masks
         self.normalize = check_normalize(normalize)
-        self._nthreads = _nthreads(nthreads)
         k = len(self.masks)
         self._moments = [False] * k
         self._thresholds = [float("nan")] * k
@@ -152,23 +176,6 @@ class VirtualDetectorAnalysis(Analysis):
             ResultSpec(n, ResultKind.SCAN, units=units, description=f"virtual detector {n!r}")
             for n in self.masks.names
         ]
-
-    def new_partial(self) -> Partial:
-        return {"sums": np.zeros((self.geometry.n_positions, len(self.masks)))}
-
-    def process(self, partial: Partial, frames: np.ndarray, indices: np.ndarray) -> None:
-        where = scan_indices(self.geometry, indices)
-        check_frames(self.geometry, frames, len(where))
-        if len(where) == 0:
-            return
-        raw = _native.reduce(
-            frames, self.masks.plan, self._moments, self._thresholds, self._nthreads
-        )
-        where.add_to(partial["sums"], raw)
-
-    def merge(self, into: Partial, other: Partial) -> None:
-        check_partials(into, other)
-        into["sums"] += other["sums"]
 
     def finalize(self, partial: Partial, coverage: np.ndarray) -> Results:
         cov = check_coverage(self.geometry, coverage)

@@ -459,29 +459,10 @@ class EMDWriter:
     # --- frames ------------------------------------------------------------------------------
     def _check_frames(self, frames: Any, indices: Any) -> tuple[np.ndarray, np.ndarray]:
         geo = self.geometry
-        if not isinstance(frames, np.ndarray):
-            raise TypeError(
-                f"frames must be a numpy array, got {type(frames).__name__} "
-                "(copy device arrays to the host first, e.g. cupy's .get())"
-            )
-        if frames.ndim == 2:
+        if isinstance(frames, np.ndarray) and frames.ndim == 2:
             frames = frames[np.newaxis]
-        if frames.ndim != 3 or frames.shape[1:] != geo.frame_shape:
-            raise ValueError(
-                f"frames must have shape (n, {geo.frame_shape[0]}, {geo.frame_shape[1]}), "
-                f"got {frames.shape}"
-            )
-        if frames.dtype != geo.dtype:
-            raise TypeError(
-                f"frames must have dtype {geo.dtype} (the geometry's), got {frames.dtype}; "
-                f"convert explicitly with frames.astype(np.{geo.dtype})"
-            )
-        idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64, copy=False).reshape(-1)
-        if idx.size != frames.shape[0]:
-            raise ValueError(f"got {frames.shape[0]} frames but {idx.size} indices")
+        idx = geo.as_indices(np.reshape(indices, -1))
+        geo.check_stack(frames, idx.size)
         geo.check_indices(idx)
         return frames, idx
 

@@ -390,27 +390,16 @@ def _check_frames(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """The stack as (n, det_y, det_x) of the scan's dtype, C-contiguous, its indices (n,), and
     whether they are known to be consecutive (a first index was given)."""
-    if not isinstance(frames, np.ndarray):
-        raise TypeError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.ndim == 2:
+    if isinstance(frames, np.ndarray) and frames.ndim == 2:
         frames = frames[np.newaxis]
-    if frames.ndim != 3 or frames.shape[1:] != geometry.frame_shape:
-        raise ValueError(
-            f"frames must have shape (n, {geometry.frame_shape[0]}, {geometry.frame_shape[1]}), "
-            f"got {frames.shape}"
-        )
-    if frames.dtype != geometry.dtype:
-        raise TypeError(f"frames must be {geometry.dtype} (the scan's dtype), got {frames.dtype}")
+    consecutive = np.ndim(indices) == 0
+    idx = None if consecutive else geometry.as_indices(np.reshape(indices, -1))
+    geometry.check_stack(frames, None if idx is None else len(idx))
     if not frames.flags.c_contiguous:
         # no silent copy of bulk data: the caller decides where the copy happens
         raise TypeError("frames must be C-contiguous: pass np.ascontiguousarray(frames)")
-    consecutive = np.ndim(indices) == 0
     if consecutive:
         idx = np.arange(int(indices), int(indices) + len(frames), dtype=np.int64)
-    else:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(idx) != len(frames):
-            raise ValueError(f"indices has {len(idx)} entries for {len(frames)} frames")
     geometry.check_indices(idx)
     return frames, idx, consecutive
 
