@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from stemedge.cli_types import finite_float, float_at_least, int_at_least
 from stemedge.sources.base import SourceError
+
+DOSE = float_at_least(0, unit=" electrons per frame")
+RATE = float_at_least(0, unit=" frames/s (0 = unpaced)")
 
 __all__ = ["main"]
 
@@ -27,47 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --- argument types: argparse turns ArgumentTypeError into "argument --x: <message>" ---------
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer ≥ {minimum}"
-    return parse
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = _finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0 frames/s (0 = unpaced), got {text!r}")
-    return value
-
-
-def _dose(text: str) -> float:
-    value = _finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0 electrons per frame, got {text!r}")
-    return value
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -108,35 +70,35 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scan",
-        type=_int_at_least(MIN_SCAN),
+        type=int_at_least(MIN_SCAN),
         default=64,
         metavar="N",
         help=f"scan positions per side (≥ {MIN_SCAN}; default 64; use ≥ 24 with noise)",
     )
     demo.add_argument(
         "--det",
-        type=_int_at_least(MIN_DET),
+        type=int_at_least(MIN_DET),
         default=64,
         metavar="N",
         help=f"detector pixels per side (≥ {MIN_DET}; default 64)",
     )
     demo.add_argument(
         "--dose",
-        type=_dose,
+        type=DOSE,
         default=2e4,
         metavar="E_PER_FRAME",
         help="electrons per frame, Poisson noise (default 2e4; 0 = noise-free)",
     )
     demo.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=0,
         metavar="S",
         help="seed of the sample's dopants/vacancies and of the noise (default 0)",
     )
     demo.add_argument(
         "--rotation",
-        type=_finite_float,
+        type=finite_float,
         default=0.0,
         metavar="DEG",
         help="detector rotation given to the simulator, to be recovered (default 0)",
@@ -148,7 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--rate",
-        type=_rate,
+        type=RATE,
         default=DEFAULT_RATE,
         metavar="FPS",
         help=f"frames/s the simulated detector streams at (default {DEFAULT_RATE:g}; "
@@ -156,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--workers",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=2,
         metavar="N",
         help="pipeline worker threads (default 2)",

@@ -8,31 +8,16 @@ results and provenance (and, for streams, the frames), and print a summary.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
+
+from stemedge.cli_types import float_at_least, int_at_least
 
 __all__ = ["register", "run_process", "run_stream"]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {v}")
-    return v
+_positive_float = float_at_least(0, above=True)
+_positive_int = int_at_least(1)
 
 
 def _analysis_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,14 +140,6 @@ def _analyses(args: argparse.Namespace, geometry) -> list:
     return analyses
 
 
-def _open_status(endpoint):
-    if endpoint is None:
-        return None
-    from stemedge.status import StatusPublisher
-
-    return StatusPublisher(endpoint)
-
-
 def _write_results(writer, result) -> None:
     for name, arrays in result.results.items():
         writer.write_results(name, arrays)
@@ -194,7 +171,9 @@ def _run(args, source, out: Path | None, frames_to_file: bool) -> int:
 
     geometry = source.geometry
     analyses = _analyses(args, geometry)
-    status = _open_status(args.status)
+    from stemedge.status import open_publisher
+
+    status, _ = open_publisher(args.status, job=f"stemedge {args.command}")
     writer = None
     try:
         if out is not None:

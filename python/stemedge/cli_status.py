@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from stemedge.cli_types import float_at_least
 from stemedge.status import StatusWatcher
 
 __all__ = ["register", "run"]
@@ -48,14 +48,7 @@ def _endpoint(text: str) -> str:
     return text
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be ≥ 0 seconds (0 waits forever), got {text!r}")
-    return value
+_timeout = float_at_least(0, unit=" seconds (0 waits forever)")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -669,15 +669,6 @@ def _read_bandwidth(data: np.ndarray, repeats: int = 7) -> float:
     return data.nbytes / float(np.median(times))
 
 
-def _open_status(status):
-    """A StatusPublisher for an endpoint string; an object with publish() is used as is."""
-    if status is None or hasattr(status, "publish"):
-        return status, False
-    from stemedge.status import StatusPublisher
-
-    return StatusPublisher(str(status), job="demo"), True
-
-
 def run_demo(
     out_dir: str | Path,
     *,
@@ -736,7 +727,9 @@ def run_demo(
     out = _prepare_out_dir(out_dir)
     info = build_info()
     steps = _Steps(progress)
-    publisher, own_publisher = _open_status(status)
+    from stemedge.status import open_publisher
+
+    publisher, own_publisher = open_publisher(status, job="demo")
     t_start = time.perf_counter()
     files = {"emd": out / EMD_FILE}
     try:

@@ -61,6 +61,7 @@ __all__ = [
     "EVENTS",
     "StatusPublisher",
     "StatusWatcher",
+    "open_publisher",
 ]
 
 # The event kinds the pipeline sends (see the module docstring for their fields).
@@ -538,3 +539,12 @@ class StatusWatcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_publisher(status: Any, *, job: str | None = None) -> tuple[Any, bool]:
+    """``(publisher, owned)`` for a ``status=`` argument: None (no status), an object with
+    ``publish`` (used as is, not owned), or an endpoint string (a new StatusPublisher, owned:
+    the caller closes it)."""
+    if status is None or hasattr(status, "publish"):
+        return status, False
+    return StatusPublisher(str(status), job=job), True
