@@ -23,16 +23,6 @@ struct RingHandle {
     py::dtype np_dtype;
 };
 
-const char* numpy_code(DType t) {
-    switch (t) {
-        case DType::kU8: return "u1";
-        case DType::kU16: return "u2";
-        case DType::kU32: return "u4";
-        case DType::kF32: return "f4";
-    }
-    return "u1";
-}
-
 double timeout_arg(const py::object& timeout) {
     if (timeout.is_none()) return -1.0;
     const double t = timeout.cast<double>();
@@ -141,7 +131,7 @@ void init_ring(py::module_& m) {
                          const py::object& dtype, const std::string& policy, bool huge_pages) {
                  auto h = std::make_unique<RingHandle>();
                  h->dtype = frame_dtype(py::dtype::from_args(dtype), "dtype");
-                 h->np_dtype = py::dtype(numpy_code(h->dtype));
+                 h->np_dtype = py::dtype(dtype_name(h->dtype));
                  if (shape.first < 1 || shape.second < 1)
                      throw py::value_error("frame_shape must be positive");
                  h->det_y = shape.first;
@@ -196,8 +186,8 @@ void init_ring(py::module_& m) {
              }, py::arg("timeout") = py::none())
         .def("slot_info", [](const RingHandle& h, int slot) {
                  check_slot_index(h, slot);
-                 return py::make_tuple(h.ring->slot_frames_filled(slot), h.ring->slot_encoding(slot),
-                                       h.ring->slot_sequence(slot));
+                 const auto info = h.ring->slot_info(slot);
+                 return py::make_tuple(info.n_frames, info.encoding, info.sequence);
              }, py::arg("slot"))
         .def("release", [](RingHandle& h, int slot) { h.ring->release(slot); }, py::arg("slot"))
         .def("close", [](RingHandle& h) { h.ring->close(); })

@@ -205,19 +205,10 @@ int FrameRing::acquire_read(double timeout_s) {
     return slot;
 }
 
-std::size_t FrameRing::slot_frames_filled(int slot) const {
+FrameRing::SlotInfo FrameRing::slot_info(int slot) const {
     Lock lock(mu_);
-    return slots_.at(static_cast<std::size_t>(slot)).n_frames;
-}
-
-std::uint32_t FrameRing::slot_encoding(int slot) const {
-    Lock lock(mu_);
-    return slots_.at(static_cast<std::size_t>(slot)).encoding;
-}
-
-std::uint64_t FrameRing::slot_sequence(int slot) const {
-    Lock lock(mu_);
-    return slots_.at(static_cast<std::size_t>(slot)).sequence;
+    const Slot& s = slots_.at(static_cast<std::size_t>(slot));
+    return {s.n_frames, s.encoding, s.sequence};
 }
 
 void FrameRing::release(int slot) {

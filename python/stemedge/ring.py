@@ -320,7 +320,7 @@ class FrameRing:
         frames = np.asarray(frames)
         if frames.ndim == 2:
             frames = frames[np.newaxis]
-        if np.isscalar(indices) or np.ndim(indices) == 0:
+        if np.ndim(indices) == 0:
             idx = np.arange(int(indices), int(indices) + len(frames), dtype=np.int64)
         else:
             idx = np.ascontiguousarray(indices, dtype=np.int64)

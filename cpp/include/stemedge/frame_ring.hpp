@@ -90,9 +90,12 @@ public:
 
     // Consumer side.
     int acquire_read(double timeout_s);
-    std::size_t slot_frames_filled(int slot) const;
-    std::uint32_t slot_encoding(int slot) const;
-    std::uint64_t slot_sequence(int slot) const;  // commit order, from 0
+    struct SlotInfo {
+        std::size_t n_frames;
+        std::uint32_t encoding;
+        std::uint64_t sequence;  // commit order, from 0
+    };
+    SlotInfo slot_info(int slot) const;
     void release(int slot);
 
     // No more commits; consumers drain what is filled, then get kClosed.
