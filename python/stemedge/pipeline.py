@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stemedge.analysis.base import Analysis
+from stemedge.analysis.base import Analysis, scan_indices
 from stemedge.analysis.runner import Coverage
 from stemedge.geometry import ScanGeometry
 from stemedge.ring import Encoding, FrameRing, RingCounters
@@ -145,11 +145,15 @@ class _Worker:
             return exc.frames[exc.ok], stack.indices[exc.ok]
 
 
-def _valid(indices: np.ndarray, n_positions: int) -> np.ndarray | None:
-    """Mask of on-grid indices, or None when all are (the common case, checked cheaply)."""
-    if len(indices) == 0 or (indices.min() >= 0 and indices.max() < n_positions):
-        return None
-    return (indices >= 0) & (indices < n_positions)
+def _on_grid(geometry: ScanGeometry, w: _Worker, frames: np.ndarray, indices: np.ndarray):
+    """The stack's frames and checked, classified indices (:func:`scan_indices`); frames off
+    the grid are dropped and counted as rejected."""
+    try:
+        return frames, scan_indices(geometry, indices)
+    except IndexError:
+        ok = (indices >= 0) & (indices < geometry.n_positions)
+        w.rejected += int(len(indices) - ok.sum())
+        return frames[ok], scan_indices(geometry, indices[ok])
 
 
 class Pipeline:
@@ -319,24 +323,19 @@ class Pipeline:
             self.ring.close()
 
     def _consume(self, w: _Worker) -> None:
-        n_pos = self.geometry.n_positions
         try:
             for stack in self.ring:
                 t0 = time.thread_time()
-                frames, indices = w.decode(stack)
-                ok = _valid(indices, n_pos)
+                frames, where = _on_grid(self.geometry, w, *w.decode(stack))
                 with w.lock:
-                    if ok is not None:
-                        w.rejected += int(len(indices) - ok.sum())
-                        frames, indices = frames[ok], indices[ok]
-                    if len(indices):
+                    if len(where):
                         for analysis, partial in zip(self.analyses, w.partials, strict=True):
-                            analysis.process(partial, frames, indices)
-                        w.coverage.add(indices)
+                            analysis.process(partial, frames, where.flat)
+                        w.coverage.add(where)
                 t1 = time.thread_time()
-                if len(indices):
+                if len(where):
                     for sink in self.sinks:
-                        sink.write_frames(frames, indices)
+                        sink.write_frames(frames, where.flat)
                 t2 = time.thread_time()
                 w.sink_s += t2 - t1
                 w.busy_s += t2 - t0

@@ -218,7 +218,8 @@ class ScanIndices:
 
 
 def scan_indices(geometry: ScanGeometry, indices: Any) -> ScanIndices:
-    """Check flat scan ``indices`` (1-D integers) against ``geometry`` and classify them.
+    """Check flat scan ``indices`` (1-D integers) against ``geometry`` and classify them. A
+    ScanIndices (from this function, for the same geometry) is returned as it is.
 
     Raises
     ------
@@ -229,6 +230,8 @@ def scan_indices(geometry: ScanGeometry, indices: Any) -> ScanIndices:
     IndexError
         If any index lies outside the scan (``geometry.check_indices``).
     """
+    if isinstance(indices, ScanIndices):
+        return indices  # already checked and classified
     flat = geometry.as_indices(indices)
     k = flat.shape[0]
     if k == 0:
