@@ -1,7 +1,8 @@
 """stemedge: live 4D-STEM analysis next to the microscope.
 
 Native CPU kernels for centre of mass / DPC and virtual imaging, a physical simulator, the DPC
-toolkit in physical units, and the `stemedge` command line (``stemedge demo``).
+toolkit in physical units, single-sideband ptychography (``stemedge.ssb``), and the `stemedge`
+command line (``stemedge demo``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from stemedge.kernels import (
     virtual_images,
 )
 from stemedge.masks import MaskSet
+from stemedge.ptycho import SSBResult, ssb
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,7 @@ __all__ = [
     "CenterOfMass",
     "ComAndVirtualImages",
     "MaskSet",
+    "SSBResult",
     "build_info",
     "center_of_mass",
     "com_and_virtual_images",
@@ -34,6 +37,7 @@ __all__ = [
     "masks",
     "read_pass",
     "sim",
+    "ssb",
     "virtual_images",
     "wavelength_A",
 ]

@@ -1,4 +1,5 @@
-"""Mergeable analyses (centre of mass / DPC, virtual detectors, patterns) and the offline runner.
+"""Mergeable analyses (centre of mass / DPC, virtual detectors, patterns, SSB) and the offline
+runner.
 
 See :mod:`stemedge.analysis.base` for the contract shared by live, offline and Dask runs.
 """
@@ -17,6 +18,7 @@ from stemedge.analysis.base import (
 from stemedge.analysis.com import CenterOfMassAnalysis
 from stemedge.analysis.patterns import MaxPattern, MeanPattern, SumPattern
 from stemedge.analysis.runner import Coverage, merge_partials, run_offline
+from stemedge.analysis.ssb import SSBAnalysis
 from stemedge.analysis.virtual import VirtualDetectorAnalysis
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "MeanPattern",
     "ResultKind",
     "ResultSpec",
+    "SSBAnalysis",
     "ScanIndices",
     "SumPattern",
     "VirtualDetectorAnalysis",
