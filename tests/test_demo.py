@@ -123,7 +123,8 @@ def test_summary_json(noise_free):
     assert summary["parameters"]["scan"] == SCAN and summary["parameters"]["det"] == DET
     assert summary["parameters"]["dose_e_per_frame"] is None
     assert {"true_deg", "found_deg", "true_flip_y", "found_flip_y"} <= set(summary["rotation"])
-    steps = {"simulate", "stream", "rotation", "DPC", "compare", "bandwidth", "write", "plot"}
+    steps = {"simulate", "stream", "rotation", "DPC", "SSB", "compare", "bandwidth", "write"}
+    steps.add("plot")
     steps.add("total")
     assert set(summary["timings_s"]) == steps
     assert all(t >= 0 for t in summary["timings_s"].values())
@@ -135,6 +136,9 @@ def test_summary_json(noise_free):
     assert 0 < stream["capacity_to_read_bandwidth"] < 2
     assert summary["simd_active"] == stemedge.build_info()["simd_active"]
     assert summary["correlation"]["idpc_vs_ground_truth"] == pytest.approx(noise_free.correlation)
+    corr_ssb = summary["correlation"]["ssb_vs_band_limited_truth"]
+    assert corr_ssb == pytest.approx(noise_free.ssb_correlation)
+    assert summary["ssb"]["cutoff"] >= 1 and summary["ssb"]["time_s"] > 0
 
 
 def test_emd_file_holds_frames_results_and_provenance(noise_free):
@@ -145,6 +149,9 @@ def test_emd_file_holds_frames_results_and_provenance(noise_free):
         dpc = f.results["dpc"]
         np.testing.assert_array_equal(
             dpc["idpc_phase_rad"], np.load(noise_free.files["idpc_phase_rad"])
+        )
+        np.testing.assert_array_equal(
+            dpc["ssb_phase_rad"], np.load(noise_free.files["ssb_phase_rad"])
         )
         assert f.results["patterns"]["mean"].shape == (DET, DET)
         prov = f.provenance
@@ -166,7 +173,7 @@ def test_summary_png_is_a_real_figure(noise_free):
     img = matplotlib.image.imread(noise_free.files["summary_png"])
     assert img.ndim == 3 and img.shape[0] >= 600 and img.shape[1] >= 900
     rgb = img[..., :3]
-    # Not blank: many distinct colours and a good share of non-white pixels (the six panels).
+    # Not blank: many distinct colours and a good share of non-white pixels (the eight panels).
     assert rgb.std() > 0.1
     assert np.mean(np.all(rgb > 0.98, axis=-1)) < 0.8
     assert len(np.unique(rgb.reshape(-1, 3)[::7], axis=0)) > 500
@@ -178,6 +185,8 @@ def test_noise_free_idpc_matches_ground_truth(noise_free):
     truth = np.load(noise_free.files["ground_truth_phase_rad"])
     phase = np.load(noise_free.files["idpc_phase_rad"])
     assert pearson(phase, truth) == pytest.approx(noise_free.correlation, abs=1e-5)
+    # SSB recovers the band-limited phase itself (not a probe-blurred one): ≈ 1 without noise.
+    assert noise_free.ssb_correlation >= 0.999
 
 
 def test_unrotated_detector_is_recognised(noise_free):

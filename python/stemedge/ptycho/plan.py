@@ -1,8 +1,7 @@
 """What an SSB reconstruction needs before it sees data: bright-field pixels, frequencies, weights.
 
 An :class:`SSBPlan` is made once per (calibration, scan shape, detector shape, options) and is
-shared by
-the offline route (:func:`stemedge.ssb`) and the live one
+shared by the offline route (:func:`stemedge.ssb`) and the live one
 (:class:`stemedge.analysis.SSBAnalysis`), so a finished live scan equals the offline result.
 
 - **Bright-field pixels**: detector pixels within r_α of the origin (PHYSICS.md C7: ``d ≤ r``),
