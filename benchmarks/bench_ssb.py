@@ -2,6 +2,7 @@
 accuracy, against the numpy FFT route and against reading the data once — all in one run.
 
     python benchmarks/bench_ssb.py [--repeats 7] [--scan 128] [--json FILE]
+                                   [--peer-python /path/to/venv/bin/python]
 
 Dataset: the simulator's weak-phase object (a doped lattice, 0.05 rad per atom), float32, scan
 128² × detector 64², 80 kV, 25 mrad, 0.26 Å step (≈ 2.51 mrad/px, r_α ≈ 10 px, 305 bright-field
@@ -21,6 +22,12 @@ pixels). Reported, as medians of ``--repeats``:
    ``SSBAnalysis`` through the ``Pipeline`` (SimSource → ring → 2 workers), and the live/offline
    agreement at the end of the scan.
 
+5. With ``--peer-python`` (an environment with ``pip install ptychography40 libertem``, which pins
+   its own numpy/numba): ptychography40's ``SSB_UDF`` (LiberTEM inline executor, antialiased
+   "subpix" trotters, cutoff 1) on the same data, saved to a temporary ``.npy``; its time with
+   mask generation (as users run it) and with precomputed masks, and its phase's correlation with
+   ours (PHYSICS.md §5.3 expects ≥ 0.999: antialiased vs binary trotters).
+
 Targets (issue 4, 2 cores): offline ≤ 0.15 s; live ≥ 20 k frames/s.
 """
 
@@ -30,6 +37,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -72,11 +82,56 @@ def _sim(n):
     return simulate_4dstem(sample.phase, **OPTICS)
 
 
+def _peer(python: str, sim, phase: np.ndarray, t_ssb: float, repeats: int) -> dict:
+    """ptychography40 on the same data, in its own environment (see the module docstring)."""
+    cal = sim.calibration
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_peer_ptychography40.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path, params_path = os.path.join(tmp, "data.npy"), os.path.join(tmp, "params.json")
+        out_path = os.path.join(tmp, "phase.npy")
+        np.save(data_path, sim.data)
+        params = {
+            "wavelength_A": cal.wavelength_A,
+            "scan_step_A": list(cal.scan_step_A),
+            "convergence_mrad": cal.convergence_mrad,
+            "bf_radius_px": cal.bf_radius_px,
+            "origin": list(cal.origin_for(sim.data.shape[2:])),
+            "transform": cal.transform.tolist(),
+            "repeats": max(1, min(3, repeats)),
+        }
+        with open(params_path, "w") as f:
+            json.dump(params, f)
+        run = subprocess.run(
+            [python, script, data_path, params_path, out_path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if run.returncode != 0:
+            print(f"\n5. ptychography40 failed:\n{run.stderr[-2000:]}", file=sys.stderr)
+            return {"error": run.stderr[-2000:]}
+        times = json.loads(run.stdout.strip().splitlines()[-1])
+        corr, scale = _metrics(phase, np.load(out_path))
+    n = sim.data.shape[0] * sim.data.shape[1]
+    print("\n5. ptychography40 (LiberTEM inline executor) on the same data")
+    print(
+        f"   with mask generation  {times['total_s'] * 1e3:8.0f} ms = "
+        f"{times['total_s'] / t_ssb:.0f}× stemedge.ssb ({n / times['total_s']:.0f} frames/s)"
+    )
+    print(
+        f"   masks precomputed     {times['udf_s'] * 1e3:8.0f} ms = "
+        f"{times['udf_s'] / t_ssb:.0f}× stemedge.ssb ({n / times['udf_s']:.0f} frames/s)"
+    )
+    print(f"   phase vs stemedge: Pearson {corr:.5f}, scale {scale:.3f}")
+    return {**times, "pearson_vs_stemedge": corr, "scale_vs_stemedge": scale}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--scan", type=int, default=128)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--peer-python", help="python of an environment with ptychography40")
     args = ap.parse_args()
     out: dict = {"loadavg_before": os.getloadavg()}
 
@@ -200,6 +255,8 @@ def main() -> None:
         f"{live['pipeline_2_workers_fps']:9.0f} frames/s"
     )
     print(f"   live vs offline at the end of the scan: max |Δphase| / max |phase| = {live_rel:.1e}")
+    if args.peer_python:
+        out["ptychography40"] = _peer(args.peer_python, sim, r.phase, t_ssb, args.repeats)
     out["loadavg_after"] = os.getloadavg()
     print(
         f"\nload average before/after: {out['loadavg_before'][0]:.2f} / "

@@ -115,17 +115,48 @@ void pixel_offsets(const FrameStackView& v, const BfPixels& bf, std::vector<std:
     }
 }
 
-// dst[p · stride] = Σ of the source pixels of bright-field pixel p in one frame (float32).
+// Without binning the bright-field pixels are row segments of the frame: copied run by run (the
+// loops vectorise) instead of pixel by pixel.
+struct Run {
+    std::ptrdiff_t src;  // byte offset in the frame
+    std::uint32_t dst, len;
+};
+
+template <class T>
+std::vector<Run> make_runs(const BfPixels& bf, const std::vector<std::ptrdiff_t>& off) {
+    std::vector<Run> runs;
+    for (std::size_t p = 0; p < bf.size(); ++p)
+        if (bf.ptr[p + 1] - bf.ptr[p] != 1) return {};  // binned: no runs
+    for (std::size_t p = 0; p < bf.size(); ++p) {
+        const std::ptrdiff_t o = off[bf.ptr[p]];
+        if (!runs.empty() && runs.back().dst + runs.back().len == p &&
+            runs.back().src + static_cast<std::ptrdiff_t>(runs.back().len * sizeof(T)) == o)
+            ++runs.back().len;
+        else
+            runs.push_back({o, static_cast<std::uint32_t>(p), 1});
+    }
+    return runs;
+}
+
+// dst[p] = Σ of the source pixels of bright-field pixel p in one frame (float32).
 template <class T>
 inline void gather_frame(const std::uint8_t* frame, const BfPixels& bf, const std::ptrdiff_t* off,
-                         float* dst, std::size_t stride) {
+                         const std::vector<Run>& runs, float* dst) {
+    if (!runs.empty()) {
+        for (const Run& r : runs) {
+            const T* src = reinterpret_cast<const T*>(frame + r.src);
+            float* d = dst + r.dst;
+            for (std::uint32_t i = 0; i < r.len; ++i) d[i] = static_cast<float>(src[i]);
+        }
+        return;
+    }
     const std::size_t n = bf.size();
     const std::uint32_t* ptr = bf.ptr.data();
     for (std::size_t p = 0; p < n; ++p) {
         float s = 0.0f;
         for (std::uint32_t j = ptr[p]; j < ptr[p + 1]; ++j)
             s += static_cast<float>(*reinterpret_cast<const T*>(frame + off[j]));
-        dst[p * stride] = s;
+        dst[p] = s;
     }
 }
 
@@ -137,6 +168,7 @@ void gather_cube_t(const FrameStackView& v, const BfPixels& bf, float* out, doub
     if (n == 0 || np == 0) return;
     std::vector<std::ptrdiff_t> off;
     pixel_offsets<T>(v, bf, off);
+    const std::vector<Run> runs = make_runs<T>(bf, off);
     const std::size_t threads = pool_threads(nthreads);
     const std::size_t tasks = std::min(n, threads * 4);
     std::vector<std::vector<double>> sums(tasks, std::vector<double>(np, 0.0));
@@ -145,7 +177,7 @@ void gather_cube_t(const FrameStackView& v, const BfPixels& bf, float* out, doub
         double* s = sums[t].data();
         for (std::size_t f = t * n / tasks; f < (t + 1) * n / tasks; ++f) {
             float* row = out + f * np;
-            gather_frame<T>(v.frame(f), bf, off.data(), row, 1);
+            gather_frame<T>(v.frame(f), bf, off.data(), runs, row);
             for (std::size_t p = 0; p < np; ++p) s[p] += row[p];
         }
     });
@@ -323,8 +355,9 @@ void accumulate(const Trotters& t, const BfPixels& bf, const FrameStackView& fra
         auto gather = [&](auto tag) {
             using T = decltype(tag);
             pixel_offsets<T>(frames, bf, off);
+            const std::vector<Run> runs = make_runs<T>(bf, off);
             for (std::size_t b = 0; b < nb; ++b) {
-                gather_frame<T>(frames.frame(b), bf, off.data(), tmp.data(), 1);
+                gather_frame<T>(frames.frame(b), bf, off.data(), runs, tmp.data());
                 for (std::size_t p = 0; p < np; ++p) {
                     I[p * ld + b] = tmp[p];
                     ref[p] += tmp[p];
