@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import stemedge
 from _helpers import MERLIN, subprocess_env
 from stemedge.analysis import CenterOfMassAnalysis, run_offline
 from stemedge.cli import main
 from stemedge.io.emd import read_emd, write_emd
 from stemedge.masks import annulus, disk
+from stemedge.sim import lattice, simulate_4dstem
 from stemedge.sources.files import open_source
 
 REALDATA = MERLIN
@@ -42,6 +44,27 @@ def test_process_file_matches_the_offline_analysis(tmp_path, suffix, capsys):
             np.testing.assert_allclose(com[key], ref[key], rtol=1e-6, err_msg=key)
         assert f.results["mean_pattern"]["mean"].shape == (20, 22)
         assert f.provenance["stream"]["frames_processed"] == 42
+
+
+def test_process_with_ssb_equals_stemedge_ssb(tmp_path, capsys):
+    sim = simulate_4dstem(
+        lattice((24, 24), 0.26, phase_rad=0.05).phase,
+        scan_step_A=0.26,
+        det_shape=(32, 32),
+        voltage_kV=80.0,
+        convergence_mrad=25.0,
+    )
+    path = write_emd(tmp_path / "scan.emd", sim.data, sim.calibration)
+    out = tmp_path / "res.emd"
+    assert main(["process", str(path), "--out", str(out), "--ssb", "--ssb-cutoff", "3"]) == 0
+    ref = stemedge.ssb(sim, cutoff=3).phase
+    with read_emd(out) as f:
+        phase = f.results["ssb"]["phase_rad"]
+    np.testing.assert_allclose(phase, ref, atol=1e-5 * np.abs(ref).max())
+    # Without a calibration there is no SSB: one clear line.
+    np.save(tmp_path / "raw.npy", sim.data)
+    assert main(["process", str(tmp_path / "raw.npy"), "--ssb", "--quiet"]) == 2
+    assert "--ssb needs a calibration" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not REALDATA.is_dir(), reason="needs ../shared/realdata")

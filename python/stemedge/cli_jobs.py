@@ -42,6 +42,18 @@ def _analysis_arguments(p: argparse.ArgumentParser) -> None:
         help="virtual annular dark-field ring radii in px",
     )
     g.add_argument("--no-patterns", action="store_true", help="skip the mean and max patterns")
+    g.add_argument(
+        "--ssb",
+        action="store_true",
+        help="single-sideband ptychography phase (needs a calibrated source, e.g. stemedge EMD)",
+    )
+    g.add_argument(
+        "--ssb-cutoff",
+        type=_positive_int,
+        default=1,
+        metavar="PX",
+        help="SSB: minimum pixels per half trotter (default 1; 10–30 lowers noise at low dose)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--workers", type=_positive_int, default=2, metavar="N", help="worker threads (default 2)"
@@ -119,7 +131,7 @@ def register(sub: Any) -> None:
 
 
 def _analyses(args: argparse.Namespace, geometry) -> list:
-    from stemedge.analysis import CenterOfMassAnalysis, MaxPattern, MeanPattern
+    from stemedge.analysis import CenterOfMassAnalysis, MaxPattern, MeanPattern, SSBAnalysis
     from stemedge.masks import annulus, disk
 
     cal = geometry.calibration
@@ -137,6 +149,13 @@ def _analyses(args: argparse.Namespace, geometry) -> list:
     analyses = [CenterOfMassAnalysis(radius=args.com_radius, virtual=masks or None, nthreads=1)]
     if not args.no_patterns:
         analyses += [MeanPattern(), MaxPattern()]
+    if args.ssb:
+        if cal is None:
+            raise ValueError(
+                "--ssb needs a calibration (voltage, convergence, detector sampling, scan step): "
+                "this source has none; write the scan as a stemedge EMD file with a Calibration"
+            )
+        analyses.append(SSBAnalysis(cutoff=args.ssb_cutoff))
     return analyses
 
 
