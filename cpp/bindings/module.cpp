@@ -9,6 +9,7 @@ void init_info(py::module_& m);
 void init_ring(py::module_& m);
 void init_bslz4(py::module_& m);
 void init_ssb(py::module_& m);
+void init_codec(py::module_& m);
 }  // namespace stemedge::bind
 
 PYBIND11_MODULE(_native, m) {
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_native, m) {
     stemedge::bind::init_ring(m);
     stemedge::bind::init_bslz4(m);
     stemedge::bind::init_ssb(m);
+    stemedge::bind::init_codec(m);
 }

@@ -1,4 +1,5 @@
-"""The ``stemedge`` command line: ``info``, ``demo``, ``status`` (and ``process``, ``stream``).
+"""The ``stemedge`` command line: ``info``, ``demo``, ``status``, ``process``, ``stream``,
+``compress`` and ``decompress``.
 
 Errors the user can fix (bad arguments, an unwritable output folder) end with one line on stderr
 and exit status 2, never a traceback; a traceback means a bug in stemedge.
@@ -134,9 +135,10 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no summary (errors still go to stderr)",
     )
-    from stemedge import cli_jobs, cli_status  # pyzmq: loaded only when the CLI is built
+    from stemedge import cli_codec, cli_jobs, cli_status  # pyzmq: loaded only when the CLI is built
 
     cli_jobs.register(sub)
+    cli_codec.register(sub)
     cli_status.register(sub)
     return parser
 
@@ -224,12 +226,26 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     return cli_jobs.run_stream(args)
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from stemedge import cli_codec
+
+    return cli_codec.run_compress(args)
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from stemedge import cli_codec
+
+    return cli_codec.run_decompress(args)
+
+
 _COMMANDS = {
     "info": _cmd_info,
     "demo": _cmd_demo,
     "status": _cmd_status,
     "process": _cmd_process,
     "stream": _cmd_stream,
+    "compress": _cmd_compress,
+    "decompress": _cmd_decompress,
 }
 
 

@@ -15,7 +15,9 @@ Layout written (``[...]`` are HDF5 attributes)::
         calibration            only with ``py4dstem=True``: py4DSTEM's Calibration keys
                                [python_class='Calibration']
       datacube                 [emd_group_type='array', python_class='Array' (or 'DataCube')]
-        data                   (scan_y, scan_x, det_y, det_x), chunked by frame [units]
+        data                   (scan_y, scan_x, det_y, det_x), chunked by frame [units];
+                               with compression="stemedge": HDF5 filter 421, one stemedge
+                               codec chunk per HDF5 chunk
         dim0 … dim3            2-element linear dim vectors [name, units]: scan axes in 'A'
                                (Å, from scan_step_A), detector axes in 'mrad' with 0 at the
                                beam origin; 'pixels' without a calibration
@@ -52,7 +54,15 @@ from stemedge.geometry import FRAME_DTYPES, ScanGeometry
 from stemedge.io.provenance import environment, jsonable, utc_now
 from stemedge.sources.base import SourceError
 
-__all__ = ["DATACUBE_NAME", "ROOT_NAME", "EMDFile", "EMDWriter", "read_emd", "write_emd"]
+__all__ = [
+    "DATACUBE_NAME",
+    "ROOT_NAME",
+    "STEMEDGE_COMPRESSION",
+    "EMDFile",
+    "EMDWriter",
+    "read_emd",
+    "write_emd",
+]
 
 ROOT_NAME = "stemedge_root"
 DATACUBE_NAME = "datacube"
@@ -63,6 +73,8 @@ _DATA_UNITS = "pixel intensity"  # what py4DSTEM writes on a DataCube's data
 _RESERVED = frozenset({"data", "metadatabundle", "dim0", "dim1", "dim2", "dim3"})
 _CHUNK_TARGET_BYTES = 1 << 20  # ~1 MiB chunks: HDF5's sweet spot, and one fits its default cache
 _CHUNK_CACHE_BYTES = 64 << 20
+STEMEDGE_COMPRESSION = "stemedge"  # compression= value: the stemedge codec (stemedge.codec.hdf5)
+_CODEC_OPTIONS = ("mode", "max_abs_error", "threshold")
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +257,37 @@ def _creation_kwargs(
     return kwargs
 
 
+def _codec_options(options: Any) -> dict[str, Any]:
+    """``compression_opts`` of ``compression="stemedge"``: a dict with any of mode,
+    max_abs_error, threshold (values checked by ``stemedge.codec.hdf5.filter_options``)."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            'with compression="stemedge", compression_opts must be a dict of '
+            f"{', '.join(_CODEC_OPTIONS)} or None, got {type(options).__name__}"
+        )
+    unknown = sorted(set(options) - set(_CODEC_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown stemedge codec option(s) {unknown}; known: {', '.join(_CODEC_OPTIONS)}"
+        )
+    return {"mode": "auto", "max_abs_error": 0.0, "threshold": 0, **options}
+
+
+class _PendingChunk:
+    """The frames of a codec chunk not yet complete: kept as given, so that the chunk is
+    compressed from the original values once complete (never decoded and re-encoded, which for
+    lossy options could add error on error)."""
+
+    __slots__ = ("dirty", "filled", "frames")
+
+    def __init__(self, frames: np.ndarray, filled: np.ndarray) -> None:
+        self.frames = frames  # (chunk_frames, det_y, det_x), zero where not filled
+        self.filled = filled  # (valid frames,) bool: the chunk's positions inside the scan
+        self.dirty = True  # changed since last written to the file
+
+
 def _default_chunk_frames(geometry: ScanGeometry) -> int:
     return int(np.clip(_CHUNK_TARGET_BYTES // geometry.frame_nbytes, 1, geometry.scan_shape[1]))
 
@@ -306,11 +349,20 @@ class EMDWriter:
         Stored (JSON-able values) in the file's provenance, next to what the writer records
         itself. ``writer.provenance`` can be updated until ``close()``.
     compression, compression_opts
-        Passed to h5py for the datacube and results (see :func:`_creation_kwargs`).
+        ``compression="stemedge"``: the datacube is compressed by the stemedge codec (HDF5
+        filter 421, see ``stemedge.codec.hdf5``; any h5py with stemedge imported, or with
+        ``HDF5_PLUGIN_PATH`` at ``stemedge.codec.hdf5.plugin_dir()``, reads it), and
+        ``compression_opts`` is a dict of codec options: ``mode`` ("auto", "dense", "events",
+        "bytes"), ``max_abs_error`` (0: lossless; > 0 bounds ``|x − stored|``), ``threshold``
+        (counted data: values below it stored as 0). Each chunk is compressed once, from the
+        frames as given, and written directly; results stay uncompressed (codec options, lossy
+        ones above all, are meant for frames). Any other value is passed to h5py for the
+        datacube and results (see :func:`_creation_kwargs`).
     chunk_frames : int, optional
         Frames per HDF5 chunk along scan_x (chunks are ``(1, chunk_frames, det_y, det_x)``).
         Default: as many as fit in ~1 MiB. Use 1 when frames arrive in random order and are
-        compressed, so a frame never rewrites a neighbour's chunk.
+        compressed, so a frame never rewrites a neighbour's chunk (with the stemedge codec,
+        frames of incomplete chunks wait in memory until their chunk is complete).
     py4dstem : bool
         Tag the datacube and calibration with py4DSTEM's class names (see the module docstring).
     overwrite : bool
@@ -344,7 +396,13 @@ class EMDWriter:
         self.path = Path(path)
         self.geometry = geometry
         self.provenance: dict[str, Any] = dict(provenance or {})
-        self._compression = (compression, compression_opts)
+        self._codec: dict[str, Any] | None = None
+        if isinstance(compression, str) and compression == STEMEDGE_COMPRESSION:
+            self._codec = _codec_options(compression_opts)
+            self._compression: tuple[Any, Any] = (None, None)  # results: uncompressed
+        else:
+            self._compression = (compression, compression_opts)
+        self._pending: dict[tuple[int, int], _PendingChunk] = {}
         self._lock = threading.Lock()
         self._written = np.zeros(geometry.n_positions, dtype=bool)
         self._frames_written = 0
@@ -388,8 +446,21 @@ class EMDWriter:
         self._cube = _create_array_group(root, DATACUBE_NAME, "DataCube" if py4dstem else "Array")
         shape = (*geo.scan_shape, *geo.frame_shape)
         chunks = (1, chunk_frames, *geo.frame_shape)
-        kwargs = _creation_kwargs(shape, geo.dtype, chunks, *self._compression)
+        if self._codec is not None:
+            from stemedge.codec.hdf5 import filter_options
+
+            kwargs = {"shape": shape, "dtype": geo.dtype}
+            kwargs.update(filter_options(geo.dtype, chunks, **self._codec))
+            opts = self._codec  # checked by filter_options: now in the codec's own types
+            self._codec = {
+                "mode": str(opts["mode"]),
+                "max_abs_error": float(opts["max_abs_error"]),
+                "threshold": int(opts["threshold"]),
+            }
+        else:
+            kwargs = _creation_kwargs(shape, geo.dtype, chunks, *self._compression)
         self._data = self._cube.create_dataset("data", fillvalue=0, **kwargs)
+        self._chunk_shape = self._data.chunks
         # Chunks of an unfiltered dataset are the frames' bytes: they can be written directly.
         self._direct = (
             self._data.compression is None
@@ -424,6 +495,15 @@ class EMDWriter:
             "n_positions": self.geometry.n_positions,
             "geometry": jsonable(self.geometry.to_dict()),
         }
+        if self._codec is not None:
+            from stemedge.codec.hdf5 import FILTER_ID
+
+            items["compression"] = {
+                "codec": STEMEDGE_COMPRESSION,
+                "hdf5_filter_id": FILTER_ID,
+                "chunk_shape": list(self._chunk_shape),
+                **self._codec,
+            }
         _write_metadata(self._bundle, "provenance", items)
 
     def _update_counts(self) -> None:
@@ -441,6 +521,11 @@ class EMDWriter:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """The datacube's HDF5 chunk shape ``(1, chunk_frames, det_y, det_x)``."""
+        return self._chunk_shape
 
     @property
     def frames_written(self) -> int:
@@ -471,6 +556,9 @@ class EMDWriter:
         ``indices`` (n,). Any order; a run of consecutive indices is written as one slice per
         scan row (at most three HDF5 writes), scattered indices one frame each."""
         frames, idx = self._check_frames(frames, indices)
+        if self._codec is not None:
+            self._write_codec(frames, idx)
+            return
         with self._lock:
             self._check_open()
             for a, b in _consecutive_runs(idx):
@@ -505,6 +593,89 @@ class EMDWriter:
             self._data.id.write_direct_chunk((y, c, 0, 0), chunk)
         if b < x + n:
             self._data[y, b : x + n] = frames[b - x :]
+
+    # --- frames through the stemedge codec -----------------------------------------------------
+    def _codec_pieces(
+        self, frames: np.ndarray, idx: np.ndarray
+    ) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """(y, c, lo, part): ``part`` holds the frames at chunk (y, c)'s offsets lo, lo+1, …,
+        in input order."""
+        k, scan_x = self._chunk_shape[1], self.geometry.scan_shape[1]
+        for a, b in _consecutive_runs(idx):
+            pos, end, i = int(idx[a]), int(idx[a]) + (b - a), a
+            while pos < end:
+                y, x = divmod(pos, scan_x)
+                c = x // k * k
+                n = min(c + k, scan_x, x + end - pos) - x
+                yield y, c, x - c, frames[i : i + n]
+                pos, i = pos + n, i + n
+
+    def _encode_chunk(self, frames: np.ndarray) -> bytes:
+        """One HDF5 chunk's frames (an edge chunk's valid ones) → a stemedge chunk of the
+        dataset's chunk shape (zero-padded at the scan's edge)."""
+        from stemedge import _native
+
+        k = self._chunk_shape[1]
+        if frames.shape[0] < k:
+            pad = np.zeros((k - frames.shape[0], *frames.shape[1:]), frames.dtype)
+            frames = np.concatenate([frames, pad])
+        chunk = np.ascontiguousarray(frames).reshape(self._chunk_shape)
+        return _native.codec_compress(chunk, **self._codec)
+
+    def _write_codec(self, frames: np.ndarray, idx: np.ndarray) -> None:
+        """Whole chunks are compressed outside the lock (the codec releases the GIL, so
+        concurrent writers compress in parallel) and written directly; pieces of chunks wait in
+        memory until their chunk is complete (or the file is flushed)."""
+        k, scan_x = self._chunk_shape[1], self.geometry.scan_shape[1]
+        work = []
+        for y, c, lo, part in self._codec_pieces(frames, idx):
+            whole = lo == 0 and part.shape[0] == min(k, scan_x - c)
+            work.append((y, c, lo, part, self._encode_chunk(part) if whole else None))
+        with self._lock:
+            self._check_open()
+            for y, c, lo, part, blob in work:
+                if blob is not None:
+                    self._pending.pop((y, c), None)
+                    self._data.id.write_direct_chunk((y, c, 0, 0), blob, filter_mask=0)
+                else:
+                    self._add_to_pending(y, c, lo, part)
+                start = y * scan_x + c + lo
+                self._written[start : start + part.shape[0]] = True
+            self._frames_written += idx.size
+
+    def _add_to_pending(self, y: int, c: int, lo: int, part: np.ndarray) -> None:
+        """Put ``part`` into chunk (y, c)'s pending frames; write the chunk once complete."""
+        k, scan_x = self._chunk_shape[1], self.geometry.scan_shape[1]
+        valid = min(k, scan_x - c)
+        pending = self._pending.get((y, c))
+        if pending is None:
+            frames = np.zeros((k, *self.geometry.frame_shape), self.geometry.dtype)
+            filled = self._written[y * scan_x + c : y * scan_x + c + valid].copy()
+            if filled.any():
+                # A chunk already in the file gets frames again: start from its stored (decoded)
+                # frames, the one case where a chunk is decoded and coded again.
+                frames[:valid] = self._data[y, c : c + valid]
+            pending = self._pending[(y, c)] = _PendingChunk(frames, filled)
+        n = part.shape[0]
+        pending.frames[lo : lo + n] = part
+        pending.filled[lo : lo + n] = True
+        pending.dirty = True
+        if pending.filled.all():
+            del self._pending[(y, c)]
+            self._write_pending(y, c, pending)
+
+    def _write_pending(self, y: int, c: int, pending: _PendingChunk) -> None:
+        valid = pending.filled.size
+        blob = self._encode_chunk(pending.frames[:valid])
+        self._data.id.write_direct_chunk((y, c, 0, 0), blob, filter_mask=0)
+        pending.dirty = False
+
+    def _flush_pending(self) -> None:
+        """Write the incomplete chunks (missing frames as zeros, as unwritten positions read);
+        they stay in memory to be completed (called with the lock held)."""
+        for (y, c), pending in self._pending.items():
+            if pending.dirty:
+                self._write_pending(y, c, pending)
 
     # --- results, log ------------------------------------------------------------------------
     def write_results(
@@ -603,6 +774,7 @@ class EMDWriter:
         provenance, so that the file is valid if the process stops here."""
         with self._lock:
             self._check_open()
+            self._flush_pending()
             self._update_counts()
             self._file.flush()
 
@@ -614,6 +786,8 @@ class EMDWriter:
                 return
             self._closed = True
             try:
+                self._flush_pending()
+                self._pending.clear()
                 self._write_state(status)
             finally:
                 self._file.close()
@@ -636,8 +810,8 @@ def write_emd(
     """Write a whole 4D array (scan_y, scan_x, det_y, det_x) to an EMD file in one call.
 
     ``results`` maps a group name to a dict of arrays (see :meth:`EMDWriter.write_results`);
-    ``writer_options`` go to :class:`EMDWriter` (compression, chunk_frames, py4dstem,
-    overwrite). Returns the path."""
+    ``writer_options`` go to :class:`EMDWriter` (compression, compression_opts, chunk_frames,
+    py4dstem, overwrite; ``compression="stemedge"`` for the stemedge codec). Returns the path."""
     if not isinstance(data4d, np.ndarray) or data4d.ndim != 4:
         raise ValueError(
             "data4d must be a 4D numpy array (scan_y, scan_x, det_y, det_x), got "

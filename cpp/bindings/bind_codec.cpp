@@ -1,0 +1,177 @@
+// Python bindings of the frame codec (C API in stemedge/codec.h): one chunk per call, GIL
+// released while coding. The multi-chunk container and the public API live in
+// python/stemedge/codec/core.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "stemedge/codec.h"
+
+namespace stemedge::bind {
+namespace {
+
+namespace py = pybind11;
+
+int se_dtype_of(const py::dtype& dt) {
+    const char kind = dt.kind();
+    const auto size = dt.itemsize();
+    if (dt.byteorder() == '>')
+        throw py::type_error("stemedge codec: big-endian data; pass a.astype(a.dtype.newbyteorder('='))");
+    if (kind == 'b' && size == 1) return SE_BOOL;
+    if (kind == 'u') {
+        if (size == 1) return SE_U8;
+        if (size == 2) return SE_U16;
+        if (size == 4) return SE_U32;
+        if (size == 8) return SE_U64;
+    }
+    if (kind == 'i') {
+        if (size == 1) return SE_I8;
+        if (size == 2) return SE_I16;
+        if (size == 4) return SE_I32;
+        if (size == 8) return SE_I64;
+    }
+    if (kind == 'f') {
+        if (size == 4) return SE_F32;
+        if (size == 8) return SE_F64;
+    }
+    throw py::type_error("stemedge codec: dtype " + std::string(py::str(dt)) +
+                         " is not supported (bool, u/int 8–64 bit, float32, float64)");
+}
+
+const char* numpy_name(int code) {
+    switch (code) {
+        case SE_U8: return "uint8";
+        case SE_U16: return "uint16";
+        case SE_U32: return "uint32";
+        case SE_U64: return "uint64";
+        case SE_I8: return "int8";
+        case SE_I16: return "int16";
+        case SE_I32: return "int32";
+        case SE_I64: return "int64";
+        case SE_F32: return "float32";
+        case SE_F64: return "float64";
+        case SE_BOOL: return "bool";
+        default: return "?";
+    }
+}
+
+const char* mode_name(int mode) {
+    switch (mode) {
+        case SE_MODE_DENSE: return "dense";
+        case SE_MODE_EVENTS: return "events";
+        case SE_MODE_BYTES: return "bytes";
+        case 4: return "stored";
+        default: return "?";
+    }
+}
+
+[[noreturn]] void raise(int64_t code) {
+    throw py::value_error(std::string("stemedge codec: ") + se_error_string(static_cast<int>(code)) +
+                          " (code " + std::to_string(code) + ")");
+}
+
+py::bytes compress(const py::array& a, const std::string& mode, double max_abs_error,
+                   std::uint64_t threshold) {
+    se_params p{};
+    p.dtype = se_dtype_of(a.dtype());
+    if (a.ndim() > SE_MAX_DIMS)
+        throw py::value_error("stemedge codec: at most " + std::to_string(SE_MAX_DIMS) + " dimensions");
+    if (!(a.flags() & py::array::c_style))
+        throw py::type_error("stemedge codec: the array must be C-contiguous; pass np.ascontiguousarray(a)");
+    p.ndim = static_cast<int>(a.ndim());
+    for (int i = 0; i < p.ndim; ++i) p.shape[i] = static_cast<std::uint64_t>(a.shape(i));
+    if (mode == "auto") p.mode = SE_MODE_AUTO;
+    else if (mode == "dense") p.mode = SE_MODE_DENSE;
+    else if (mode == "events") p.mode = SE_MODE_EVENTS;
+    else if (mode == "bytes") p.mode = SE_MODE_BYTES;
+    else throw py::value_error("stemedge codec: mode must be 'auto', 'dense', 'events' or 'bytes', got '" + mode + "'");
+    p.max_abs_error = max_abs_error;
+    p.threshold = threshold;
+    const std::uint64_t raw = static_cast<std::uint64_t>(a.nbytes());
+    std::vector<std::uint8_t> out(se_compress_bound(raw));
+    int64_t n;
+    {
+        py::gil_scoped_release release;
+        n = se_compress(a.data(), &p, out.data(), out.size());
+    }
+    if (n < 0) raise(n);
+    return py::bytes(reinterpret_cast<const char*>(out.data()), static_cast<std::size_t>(n));
+}
+
+py::buffer_info blob_buffer(const py::buffer& blob) {
+    py::buffer_info info = blob.request();
+    if (info.ndim != 1 || info.itemsize != 1 || (info.ndim == 1 && info.strides[0] != 1))
+        throw py::type_error("stemedge codec: pass the compressed chunk as bytes (a contiguous byte buffer)");
+    return info;
+}
+
+py::dict info(const py::buffer& blob) {
+    const py::buffer_info b = blob_buffer(blob);
+    se_info i{};
+    const int rc = se_info_get(b.ptr, static_cast<std::size_t>(b.size), &i);
+    if (rc < 0) raise(rc);
+    py::tuple shape(i.ndim);
+    for (int k = 0; k < i.ndim; ++k) shape[k] = i.shape[k];
+    py::dict d;
+    d["dtype"] = numpy_name(i.dtype);
+    d["shape"] = shape;
+    d["mode"] = mode_name(i.mode);
+    d["version"] = i.version;
+    d["raw_nbytes"] = i.raw_nbytes;
+    d["chunk_nbytes"] = i.chunk_nbytes;
+    d["max_abs_error"] = i.max_abs_error;
+    d["threshold"] = i.threshold;
+    return d;
+}
+
+py::array decompress(const py::buffer& blob, const py::object& out_obj) {
+    const py::buffer_info b = blob_buffer(blob);
+    se_info i{};
+    const int rc = se_info_get(b.ptr, static_cast<std::size_t>(b.size), &i);
+    if (rc < 0) raise(rc);
+    std::vector<py::ssize_t> shape(i.shape, i.shape + i.ndim);
+    const py::dtype dt(numpy_name(i.dtype));
+    py::array out;
+    if (out_obj.is_none()) {
+        out = py::array(dt, shape);
+    } else {
+        out = py::reinterpret_borrow<py::array>(out_obj);
+        if (!py::isinstance<py::array>(out_obj) || !out.dtype().equal(dt) ||
+            !(out.flags() & py::array::c_style) || !out.writeable() ||
+            static_cast<std::uint64_t>(out.nbytes()) != i.raw_nbytes)
+            throw py::value_error(std::string("stemedge codec: out must be a writeable C-contiguous ") +
+                                  numpy_name(i.dtype) + " array of " + std::to_string(i.raw_nbytes) + " bytes");
+    }
+    void* dst = out.mutable_data();
+    int64_t n;
+    {
+        py::gil_scoped_release release;
+        n = se_decompress(b.ptr, static_cast<std::size_t>(b.size), dst, static_cast<std::size_t>(i.raw_nbytes));
+    }
+    if (n < 0) raise(n);
+    return out;
+}
+
+std::uint32_t crc32c_of(const py::buffer& blob) {
+    const py::buffer_info b = blob_buffer(blob);
+    return se_crc32c(b.ptr, static_cast<std::size_t>(b.size));
+}
+
+}  // namespace
+
+void init_codec(py::module_& m) {
+    m.def("codec_compress", &compress,
+          "Compress a C-contiguous array into one self-describing stemedge chunk (bytes).",
+          py::arg("array"), py::arg("mode") = "auto", py::arg("max_abs_error") = 0.0,
+          py::arg("threshold") = 0);
+    m.def("codec_decompress", &decompress,
+          "Decode one stemedge chunk into a new array (or into out=, same dtype and size).",
+          py::arg("blob"), py::arg("out") = py::none());
+    m.def("codec_info", &info, "Header of one stemedge chunk (dtype, shape, mode, sizes, lossy options).",
+          py::arg("blob"));
+    m.def("codec_crc32c", &crc32c_of, "CRC-32C of a byte buffer (the codec's checksum).", py::arg("data"));
+}
+
+}  // namespace stemedge::bind
