@@ -407,7 +407,7 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
                 continue;
             }
             cursor -= cm.shift;
-            bits.put(cursor, static_cast<std::uint64_t>(r - (q << cm.shift)), cm.shift);
+            bits.put(cursor, static_cast<std::uint64_t>(r - q * (std::int64_t{1} << cm.shift)), cm.shift);
             enc.put(cm.enc[static_cast<std::size_t>(q - cm.qmin)]);
         }
     }
