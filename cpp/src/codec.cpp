@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -1010,6 +1012,7 @@ int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t ds
     try {
         return stemedge::codec::decompress_impl(blob, blob_nbytes, dst, dst_capacity);
     } catch (const CodecError& e) {
+        if (std::getenv("STEMEDGE_CODEC_DEBUG")) std::fprintf(stderr, "se_decompress: %s\n", e.what());
         return e.code;
     } catch (const std::bad_alloc&) {
         return SE_ERR_NOMEM;

@@ -33,30 +33,15 @@ struct CodecError : std::runtime_error {
 // words u16 × n_words. The ops are coded in reverse, so the decoder runs forward.
 void rans_encode(const std::vector<Op>& ops, unsigned log2_lanes, std::vector<std::uint8_t>& out);
 
-// A modelled symbol prepared for fast encoding (division by the frequency as a multiplication by
-// its reciprocal, as in ryg_rans).
+// A modelled symbol prepared for encoding. (ryg_rans' reciprocal trick is exact only for states
+// below 2^31; ours reach 2^32, so the encoder divides: 32-bit division is cheap enough here.)
 struct EncSym {
     std::uint64_t x_max;
-    std::uint32_t rcp_freq, bias;
-    std::uint16_t cmpl_freq, rcp_shift;
+    std::uint32_t freq, cum;
 };
 
 inline EncSym enc_sym(std::uint32_t freq, std::uint32_t cum) {
-    EncSym s{};
-    s.x_max = (static_cast<std::uint64_t>(kRansL >> kScaleBits) << 16) * freq;
-    s.cmpl_freq = static_cast<std::uint16_t>(kScale - freq);
-    if (freq < 2) {
-        s.rcp_freq = ~0u;
-        s.rcp_shift = 0;
-        s.bias = cum + kScale - 1;
-    } else {
-        std::uint32_t shift = 0;
-        while (freq > (1u << shift)) ++shift;
-        s.rcp_freq = static_cast<std::uint32_t>(((std::uint64_t{1} << (shift + 31)) + freq - 1) / freq);
-        s.rcp_shift = static_cast<std::uint16_t>(shift - 1);
-        s.bias = cum;
-    }
-    return s;
+    return {(static_cast<std::uint64_t>(kRansL >> kScaleBits) << 16) * freq, freq, cum};
 }
 
 // Encoder that is fed the ops of a stream in REVERSE order (last op first), without building an
@@ -74,9 +59,7 @@ class RansEncoder {
         words_[n_words_] = static_cast<std::uint16_t>(x & 0xffff);
         n_words_ += emit;
         x >>= emit << 4;  // arithmetic, not a branch: emitting is unpredictable
-        const std::uint32_t q =
-            static_cast<std::uint32_t>((static_cast<std::uint64_t>(x) * s.rcp_freq) >> 32) >> s.rcp_shift;
-        x = x + s.bias + q * s.cmpl_freq;
+        x = ((x / s.freq) << kScaleBits) + (x % s.freq) + s.cum;
     }
 
     void finish(std::vector<std::uint8_t>& out);
