@@ -281,12 +281,73 @@ __attribute__((target("sse4.2"))) std::uint32_t crc_hw(const std::uint8_t* p, st
 
 }  // namespace
 
+// CRC of `len` zero bytes appended: multiplication by x^(8·len) modulo the polynomial, as a
+// 32×32 GF(2) matrix raised by squaring (zlib's crc32_combine, for the Castagnoli polynomial).
+namespace {
+
+std::uint32_t gf2_times(const std::uint32_t* mat, std::uint32_t vec) {
+    std::uint32_t sum = 0;
+    for (int i = 0; vec; vec >>= 1, ++i)
+        if (vec & 1) sum ^= mat[i];
+    return sum;
+}
+
+void gf2_square(std::uint32_t* sq, const std::uint32_t* mat) {
+    for (int n = 0; n < 32; ++n) sq[n] = gf2_times(mat, mat[n]);
+}
+
+// crc (raw register, no pre/post inversion) advanced over `len` zero bytes.
+std::uint32_t crc_shift(std::uint32_t crc, std::size_t len) {
+    std::uint32_t even[32], odd[32];
+    odd[0] = 0x82F63B78u;  // one zero bit
+    for (int n = 1; n < 32; ++n) odd[n] = 1u << (n - 1);
+    gf2_square(even, odd);  // two zero bits
+    gf2_square(odd, even);  // four
+    do {
+        gf2_square(even, odd);
+        if (len & 1) crc = gf2_times(even, crc);
+        len >>= 1;
+        if (!len) break;
+        gf2_square(odd, even);
+        if (len & 1) crc = gf2_times(odd, crc);
+        len >>= 1;
+    } while (len);
+    return crc;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Three independent crc32 chains (the instruction has 3 cycles of latency, 1 of throughput),
+// joined by crc_shift: ~3× the single-chain speed on large buffers.
+__attribute__((target("sse4.2"))) std::uint32_t crc_hw3(const std::uint8_t* p, std::size_t n,
+                                                         std::uint32_t crc) {
+    const std::size_t third = (n / 3) & ~std::size_t{7};
+    if (third < 4096) return crc_hw(p, n, crc);
+    std::uint64_t a = crc, b = 0, c = 0;
+    const std::uint8_t* pb = p + third;
+    const std::uint8_t* pc = p + 2 * third;
+    for (std::size_t k = 0; k < third; k += 8) {
+        std::uint64_t va, vb, vc;
+        std::memcpy(&va, p + k, 8);
+        std::memcpy(&vb, pb + k, 8);
+        std::memcpy(&vc, pc + k, 8);
+        a = __builtin_ia32_crc32di(a, va);
+        b = __builtin_ia32_crc32di(b, vb);
+        c = __builtin_ia32_crc32di(c, vc);
+    }
+    std::uint32_t r = crc_shift(static_cast<std::uint32_t>(a), third) ^ static_cast<std::uint32_t>(b);
+    r = crc_shift(r, third) ^ static_cast<std::uint32_t>(c);
+    return crc_hw(p + 3 * third, n - 3 * third, r);
+}
+#endif
+
+}  // namespace
+
 std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
     const auto* p = static_cast<const std::uint8_t*>(data);
     crc = ~crc;
 #if defined(__x86_64__) && defined(__GNUC__)
     static const bool hw = __builtin_cpu_supports("sse4.2");
-    crc = hw ? crc_hw(p, n, crc) : crc_soft(p, n, crc);
+    crc = hw ? crc_hw3(p, n, crc) : crc_soft(p, n, crc);
 #else
     crc = crc_soft(p, n, crc);
 #endif
