@@ -171,6 +171,8 @@ void init_codec(py::module_& m) {
           py::arg("blob"), py::arg("out") = py::none());
     m.def("codec_info", &info, "Header of one stemedge chunk (dtype, shape, mode, sizes, lossy options).",
           py::arg("blob"));
+    m.def("codec_set_simd", [](bool enabled) { se_set_simd(enabled ? 1 : 0); },
+          "Use (default) or bypass the AVX-512 decoder; the output is identical.", py::arg("enabled"));
     m.def("codec_crc32c", &crc32c_of, "CRC-32C of a byte buffer (the codec's checksum).", py::arg("data"));
 }
 

@@ -13,6 +13,7 @@
 #include "stemedge/codec.h"
 
 #include <algorithm>
+#include <atomic>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "codec_rans.hpp"
+#include "codec_simd.hpp"
 
 namespace stemedge::codec {
 namespace {
@@ -421,6 +423,35 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
     bits.write(body);
 }
 
+// The AVX-512 DENSE decoder is on unless switched off (se_set_simd, for tests and comparisons).
+std::atomic<bool> g_simd{true};
+
+// Whether a chunk fits the AVX-512 path: lossless 8–32-bit integers, whole 16-pixel groups per
+// frame, small tables (symbols < 128), and every value any symbol can decode to inside the dtype
+// (so the vector code needs no range checks).
+template <class T>
+bool dense_simd_fits(const Mapper<T>& m, std::uint64_t pixels, const std::vector<ClassModel>& models,
+                     const std::vector<std::uint8_t>& klass, const std::vector<std::int64_t>& base) {
+    if constexpr (std::is_floating_point<T>::value || sizeof(T) > 4) {
+        return false;
+    } else {
+        if (m.kind != 0 || pixels % 16 != 0) return false;
+        std::vector<std::int64_t> lo(models.size()), hi(models.size());
+        for (std::size_t k = 0; k < models.size(); ++k) {
+            const ClassModel& cm = models[k];
+            if (cm.table.size() > 127 || cm.shift > 24) return false;
+            lo[k] = cm.qmin * (std::int64_t{1} << cm.shift);
+            hi[k] = (cm.qmin + static_cast<std::int64_t>(cm.nsym)) * (std::int64_t{1} << cm.shift) - 1;
+        }
+        for (std::uint64_t p = 0; p < pixels; ++p) {
+            const std::int64_t b = base[p];
+            if (b < INT32_MIN || b > INT32_MAX) return false;
+            if (b + lo[klass[p]] < Mapper<T>::lo() || b + hi[klass[p]] > Mapper<T>::hi()) return false;
+        }
+        return true;
+    }
+}
+
 template <class T>
 void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m, T* out) {
     std::vector<std::int64_t> cls64 = decode_ints(r, pixels);
@@ -491,6 +522,52 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         const std::uint64_t lo = get_bits_32(32);
         return lo | get_bits_32(n - 32) << 32;
     };
+    if (dense_simd_fits<T>(m, pixels, models, klass, base) && g_simd.load()) {
+        // The AVX-512 path (codec_simd.cpp): same format, same output, 16 lanes at a time.
+        const std::size_t nc = models.size();
+        std::vector<std::uint32_t> table(nc * kScale);
+        for (std::size_t k = 0; k < nc; ++k) {
+            const Table& t = models[k].table;
+            for (std::uint32_t slot = 0; slot < kScale; ++slot) {
+                const std::uint32_t s = t.sym_of_slot[slot];
+                table[k * kScale + slot] = t.freq[s] | static_cast<std::uint32_t>(t.cum[s]) << 13 | s << 25;
+            }
+        }
+        std::vector<std::int32_t> cbase(pixels), basq(pixels), sh_esc(pixels);
+        for (std::uint64_t p = 0; p < pixels; ++p) {
+            const ClassModel& cm = models[klass[p]];
+            cbase[p] = static_cast<std::int32_t>(klass[p] * kScale);
+            basq[p] = static_cast<std::int32_t>(base[p] + cm.qmin * (std::int64_t{1} << cm.shift));
+            sh_esc[p] = static_cast<std::int32_t>(cm.shift | cm.esc() << 8);
+        }
+        DenseSimd in;
+        in.frames = frames;
+        in.pixels = pixels;
+        in.cbase = cbase.data();
+        in.basq = basq.data();
+        in.sh_esc = sh_esc.data();
+        in.table = table.data();
+        in.words = reinterpret_cast<const std::uint16_t*>(words);
+        in.n_words = n_words;
+        in.bits = bp;
+        in.nbits = nbits;
+        in.esc_bits = static_cast<int>(sizeof(T) * 8);
+        in.elem_bytes = static_cast<int>(sizeof(T));
+        in.out = out;
+        in.x = x;
+        in.wpos = &wpos;
+        in.bpos = &bpos;
+        if (dense_decode_simd_available()) {
+            if (!dense_decode_simd(in)) throw CodecError(SE_ERR_CORRUPT, "dense: stream ends early");
+            std::memcpy(d.x_, x, sizeof x);
+            d.pos_ = wpos;
+            bits.pos_ = bpos;
+            d.finish();
+            bits.finish();
+            r.p += used + used_bits;
+            return;
+        }
+    }
     std::uint64_t op = 0;
     for (std::uint64_t f = 0; f < frames; ++f) {
         T* row = out + f * pixels;
@@ -1066,6 +1143,8 @@ int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t ds
         return SE_ERR_CORRUPT;
     }
 }
+
+void se_set_simd(int enabled) { stemedge::codec::g_simd.store(enabled != 0); }
 
 uint32_t se_crc32c(const void* data, size_t nbytes) {
     return stemedge::codec::crc32c(data, nbytes);

@@ -1,0 +1,144 @@
+// AVX-512 decoding of DENSE chunks: 16 lanes of the 32-lane rANS stream per step (docs/codec.md).
+// The same format as the scalar decoder, so the same output; used when the CPU has AVX-512 and the
+// chunk fits the fast path's assumptions (see codec_simd.hpp), else the scalar loop runs.
+#include "codec_simd.hpp"
+
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define STEMEDGE_HAVE_AVX512_PATH 1
+#endif
+
+namespace stemedge::codec {
+
+#if defined(STEMEDGE_HAVE_AVX512_PATH)
+namespace {
+
+#define SE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,popcnt")))
+
+// Exclusive prefix sum of 16 int32 lanes (lane order), and the total.
+SE_AVX512 inline __m512i exclusive_prefix(__m512i v, int& total) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i s = v;
+    s = _mm512_add_epi32(s, _mm512_alignr_epi32(s, zero, 16 - 1));
+    s = _mm512_add_epi32(s, _mm512_alignr_epi32(s, zero, 16 - 2));
+    s = _mm512_add_epi32(s, _mm512_alignr_epi32(s, zero, 16 - 4));
+    s = _mm512_add_epi32(s, _mm512_alignr_epi32(s, zero, 16 - 8));
+    total = _mm_extract_epi32(_mm512_extracti32x4_epi32(s, 3), 3);  // the inclusive sum's last lane
+    return _mm512_sub_epi32(s, v);
+}
+
+SE_AVX512 bool run(const DenseSimd& in) {
+    const std::uint64_t P = in.pixels, n_ops = in.frames * in.pixels;
+    const __m512i mask12 = _mm512_set1_epi32(0xfff), mask13 = _mm512_set1_epi32(0x1fff);
+    const __m512i L = _mm512_set1_epi32(static_cast<int>(kRansL));
+    __m512i X[2] = {_mm512_loadu_si512(in.x), _mm512_loadu_si512(in.x + 16)};
+    std::uint64_t wpos = *in.wpos, bpos = *in.bpos;
+    const std::uint64_t n_words = in.n_words, nbits = in.nbits;
+    std::uint16_t tail[32] = {};
+    std::uint64_t p = 0;
+    for (std::uint64_t i = 0; i < n_ops; i += 16, p = p + 16 == P ? 0 : p + 16) {
+        __m512i& x = X[(i >> 4) & 1];
+        const __m512i slot = _mm512_and_si512(x, mask12);
+        const __m512i idx = _mm512_add_epi32(_mm512_loadu_si512(in.cbase + p), slot);
+        const __m512i e = _mm512_i32gather_epi32(idx, in.table, 4);
+        const __m512i freq = _mm512_and_si512(e, mask13);
+        const __m512i cum = _mm512_and_si512(_mm512_srli_epi32(e, 13), mask12);
+        const __m512i sym = _mm512_srli_epi32(e, 25);
+        __m512i xn = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, 12)),
+                                      _mm512_sub_epi32(slot, cum));
+        // Renormalise: lanes below L take the next words of the stream, in lane order.
+        const __mmask16 need = _mm512_cmplt_epu32_mask(xn, L);
+        const unsigned n_need = static_cast<unsigned>(__builtin_popcount(need));
+        const std::uint16_t* w16;
+        if (wpos + 16 <= n_words) {
+            w16 = in.words + wpos;
+        } else {  // near the end: a zero-padded copy (reading past the stream shows below)
+            std::memset(tail, 0, sizeof tail);
+            if (wpos < n_words) std::memcpy(tail, in.words + wpos, 2 * (n_words - wpos));
+            w16 = tail;
+        }
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w16)));
+        const __m512i wx = _mm512_maskz_expand_epi32(need, w);
+        xn = _mm512_mask_or_epi32(xn, need, _mm512_slli_epi32(xn, 16), wx);
+        wpos += n_need;
+        if (wpos > n_words) return false;  // the stream ended early: let the scalar path report it
+        x = xn;
+        // Raw bits: escapes take esc_bits, other values their class's shift.
+        const __m512i sh_esc = _mm512_loadu_si512(in.sh_esc + p);
+        const __m512i shift = _mm512_and_si512(sh_esc, _mm512_set1_epi32(0xff));
+        const __mmask16 is_esc = _mm512_cmpeq_epi32_mask(sym, _mm512_srli_epi32(sh_esc, 8));
+        const __m512i nb = _mm512_mask_blend_epi32(is_esc, shift, _mm512_set1_epi32(in.esc_bits));
+        int total = 0;
+        const __m512i off = exclusive_prefix(nb, total);
+        __m512i low = _mm512_setzero_si512();
+        if (total) {
+            if (static_cast<std::uint64_t>(total) > nbits - bpos) return false;
+            const __m512i one = _mm512_set1_epi64(1);
+            const __m512i nb_lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(nb));
+            const __m512i nb_hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(nb, 1));
+            const __m512i m_lo = _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_lo), one);
+            const __m512i m_hi = _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_hi), one);
+            __m512i v_lo, v_hi;
+            if (total <= 56) {
+                // The group's bits fit one 64-bit load: shift it per lane (no gather).
+                std::uint64_t word;
+                std::memcpy(&word, in.bits + (bpos >> 3), 8);
+                const __m512i wv = _mm512_set1_epi64(static_cast<long long>(word >> (bpos & 7)));
+                v_lo = _mm512_and_si512(_mm512_srlv_epi64(wv, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(off))), m_lo);
+                v_hi = _mm512_and_si512(_mm512_srlv_epi64(wv, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(off, 1))), m_hi);
+            } else {
+                // 64-bit loads at byte offset (bpos + off) / 8, shifted by (bpos + off) % 8.
+                const __m512i boff = _mm512_add_epi32(off, _mm512_set1_epi32(static_cast<int>(bpos & 7)));
+                const __m512i byte = _mm512_srli_epi32(boff, 3);
+                const __m512i bit = _mm512_and_si512(boff, _mm512_set1_epi32(7));
+                const std::uint8_t* base_ptr = in.bits + (bpos >> 3);
+                const __m512i lo8 = _mm512_i32gather_epi64(_mm512_castsi512_si256(byte), base_ptr, 1);
+                const __m512i hi8 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(byte, 1), base_ptr, 1);
+                v_lo = _mm512_and_si512(_mm512_srlv_epi64(lo8, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(bit))), m_lo);
+                v_hi = _mm512_and_si512(_mm512_srlv_epi64(hi8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(bit, 1))), m_hi);
+            }
+            low = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(v_lo)),
+                                     _mm512_cvtepi64_epi32(v_hi), 1);
+            bpos += static_cast<std::uint64_t>(total);
+        }
+        // value = (base + qmin << shift) + sym << shift + low; escapes: the raw bits themselves.
+        const __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_loadu_si512(in.basq + p),
+                                                            _mm512_sllv_epi32(sym, shift)), low);
+        const __m512i out = _mm512_mask_blend_epi32(is_esc, v, low);
+        if (in.elem_bytes == 1) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<std::uint8_t*>(in.out) + i),
+                             _mm512_cvtepi32_epi8(out));
+        } else if (in.elem_bytes == 2) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<std::uint16_t*>(in.out) + i),
+                                _mm512_cvtepi32_epi16(out));
+        } else {
+            _mm512_storeu_si512(static_cast<std::uint32_t*>(in.out) + i, out);
+        }
+    }
+    _mm512_storeu_si512(in.x, X[0]);
+    _mm512_storeu_si512(in.x + 16, X[1]);
+    *in.wpos = wpos;
+    *in.bpos = bpos;
+    return true;
+}
+
+}  // namespace
+
+bool dense_decode_simd_available() {
+    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    return ok;
+}
+
+bool dense_decode_simd(const DenseSimd& in) { return dense_decode_simd_available() && run(in); }
+
+#else
+
+bool dense_decode_simd_available() { return false; }
+bool dense_decode_simd(const DenseSimd&) { return false; }
+
+#endif
+
+}  // namespace stemedge::codec
