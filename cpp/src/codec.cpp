@@ -435,7 +435,7 @@ bool dense_simd_fits(const Mapper<T>& m, std::uint64_t pixels, const std::vector
     if constexpr (std::is_floating_point<T>::value || sizeof(T) > 4) {
         return false;
     } else {
-        if (m.kind != 0 || pixels % 16 != 0) return false;
+        if (m.kind == 2 || pixels % 16 != 0) return false;
         std::vector<std::int64_t> lo(models.size()), hi(models.size());
         for (std::size_t k = 0; k < models.size(); ++k) {
             const ClassModel& cm = models[k];
@@ -443,10 +443,14 @@ bool dense_simd_fits(const Mapper<T>& m, std::uint64_t pixels, const std::vector
             lo[k] = cm.qmin * (std::int64_t{1} << cm.shift);
             hi[k] = (cm.qmin + static_cast<std::int64_t>(cm.nsym)) * (std::int64_t{1} << cm.shift) - 1;
         }
+        // Lossless: every decodable value inside the dtype. Lossy (v · q, clamped to the dtype): the
+        // products inside int32.
+        const std::int64_t vlo = m.kind == 0 ? Mapper<T>::lo() : -(std::int64_t{1} << 31) / m.q + 1;
+        const std::int64_t vhi = m.kind == 0 ? Mapper<T>::hi() : ((std::int64_t{1} << 31) - 1) / m.q;
         for (std::uint64_t p = 0; p < pixels; ++p) {
             const std::int64_t b = base[p];
             if (b < INT32_MIN || b > INT32_MAX) return false;
-            if (b + lo[klass[p]] < Mapper<T>::lo() || b + hi[klass[p]] > Mapper<T>::hi()) return false;
+            if (b + lo[klass[p]] < vlo || b + hi[klass[p]] > vhi) return false;
         }
         return true;
     }
@@ -552,6 +556,11 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         in.bits = bp;
         in.nbits = nbits;
         in.esc_bits = static_cast<int>(sizeof(T) * 8);
+        if constexpr (!std::is_floating_point<T>::value) {
+            in.quant = static_cast<int>(m.kind == 1 ? m.q : 1);
+            in.lo = static_cast<int>(std::max<std::int64_t>(Mapper<T>::lo(), INT32_MIN));
+            in.hi = static_cast<int>(std::min<std::int64_t>(Mapper<T>::hi(), INT32_MAX));
+        }
         in.elem_bytes = static_cast<int>(sizeof(T));
         in.out = out;
         in.x = x;

@@ -106,7 +106,12 @@ SE_AVX512 bool run(const DenseSimd& in) {
         // value = (base + qmin << shift) + sym << shift + low; escapes: the raw bits themselves.
         const __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_loadu_si512(in.basq + p),
                                                             _mm512_sllv_epi32(sym, shift)), low);
-        const __m512i out = _mm512_mask_blend_epi32(is_esc, v, low);
+        __m512i val = v;
+        if (in.quant != 1)
+            val = _mm512_min_epi32(_mm512_max_epi32(_mm512_mullo_epi32(v, _mm512_set1_epi32(in.quant)),
+                                                    _mm512_set1_epi32(in.lo)),
+                                   _mm512_set1_epi32(in.hi));
+        const __m512i out = _mm512_mask_blend_epi32(is_esc, val, low);
         if (in.elem_bytes == 1) {
             _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<std::uint8_t*>(in.out) + i),
                              _mm512_cvtepi32_epi8(out));

@@ -21,6 +21,8 @@ struct DenseSimd {
     const std::uint8_t* bits = nullptr;  // with 8 bytes of padding after nbits
     std::uint64_t nbits = 0;
     int esc_bits = 0;    // raw bits of an escaped value (8 · element size, ≤ 32)
+    int quant = 1;       // lossy integers: decoded value = clamp(v · quant, lo, hi)
+    int lo = 0, hi = 0;
     int elem_bytes = 0;  // 1, 2 or 4: values are stored truncated to this width
     void* out = nullptr;
     // Coder state, updated: the 32 lane states, the word and bit positions.
