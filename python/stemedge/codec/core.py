@@ -111,8 +111,12 @@ def compress(
         except ValueError as exc:
             raise CodecError(str(exc)) from None
 
-    with concurrent.futures.ThreadPoolExecutor(min(_threads(nthreads), len(starts))) as pool:
-        chunks = list(pool.map(one, starts))
+    workers = min(_threads(nthreads), len(starts))
+    if workers == 1:
+        chunks = [one(start) for start in starts]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            chunks = list(pool.map(one, starts))
     dt = a.dtype.str.encode()
     head = bytearray(_CONTAINER)
     head += struct.pack("<BB", _VERSION, len(dt)) + dt
@@ -204,10 +208,13 @@ def decompress(blob: Any, *, nthreads: int | None = None) -> np.ndarray:
             c, start, k = item
             _native.codec_decompress(c, out=frames[start : start + k])
 
-        with concurrent.futures.ThreadPoolExecutor(
-            max(1, min(_threads(nthreads), len(starts)))
-        ) as pool:
-            list(pool.map(one, starts))
+        workers = max(1, min(_threads(nthreads), len(starts)))
+        if workers == 1:  # no pool for one chunk or one thread
+            for item in starts:
+                one(item)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one, starts))
         return out
     except CodecError:
         raise
