@@ -92,9 +92,9 @@ def test_dense_round_trip_on_a_diffraction_pattern(seed, bound):
 @pytest.mark.parametrize("det", [(16, 16), (8, 12), (9, 7)])
 @pytest.mark.parametrize("bound", [0.0, 2.0])
 def test_vector_and_scalar_decoders_agree(dtype, det, bound):
-    """The AVX-512 dense decoder (where the CPU has it) gives exactly the scalar decoder's output,
-    escapes, wide classes (raw low bits) and the 16-pixel groups' edges included; shapes whose
-    frames are not whole 16-pixel groups take the scalar path."""
+    """The AVX-512 dense coder (where the CPU has it) writes exactly the scalar coder's bytes and
+    decodes to its output, escapes, wide classes (raw low bits) and the 16-pixel groups' edges
+    included; shapes whose frames are not whole 16-pixel groups take the scalar path."""
     lim = np.iinfo(dtype)
     rng = np.random.default_rng(det[0])
     lam = np.where(np.arange(det[0] * det[1]).reshape(det) % 3 == 0, 2000.0, 3.0)
@@ -106,9 +106,11 @@ def test_vector_and_scalar_decoders_agree(dtype, det, bound):
     try:
         _native.codec_set_simd(False)
         scalar = _native.codec_decompress(chunk)
+        scalar_chunk = _native.codec_compress(a, "dense", bound)
     finally:
         _native.codec_set_simd(True)
     vector = _native.codec_decompress(chunk)
+    assert chunk == scalar_chunk  # the vector encoder writes the scalar encoder's bytes
     np.testing.assert_array_equal(vector, scalar)
     assert np.abs(scalar.astype(np.int64) - a).max() <= bound
 

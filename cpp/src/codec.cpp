@@ -38,7 +38,7 @@ constexpr std::uint8_t kModeStored = 4;
 constexpr unsigned kLog2Lanes = 5;  // 32 interleaved states: one GPU warp
 constexpr int kClassesPerOctave = 4;
 constexpr int kMaxClass = 254;
-constexpr std::int64_t kWindow = 2047;  // residual buckets modelled per class: [-W, W]
+constexpr std::int64_t kWindow = 127;  // residual buckets modelled per class: [-W, W]; beyond: escapes (> 15σ)
 constexpr std::uint8_t kFlagQuant = 1, kFlagThreshold = 2;
 
 struct DT {
@@ -377,9 +377,29 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
     return dm;
 }
 
+// Whether the vector encoder applies: lossless 8/16-bit integers or uint32, whole 16-pixel groups,
+// tables of ≤ 256 symbols, bases inside int32 (uint32 values ≥ 2^31 are escaped by the kernel).
+template <class T>
+bool dense_encode_fits(const Mapper<T>& m, std::uint64_t pixels, const DenseModel& dm) {
+    if constexpr (std::is_floating_point<T>::value || sizeof(T) > 4 ||
+                  (sizeof(T) == 4 && std::is_signed<T>::value)) {
+        return false;
+    } else {
+        if (m.kind != 0 || m.threshold != 0 || pixels % 16 != 0) return false;
+        for (const ClassModel& cm : dm.models)
+            if (cm.nsym + 1 > 256 || cm.shift > 24) return false;
+        for (std::int64_t b : dm.base)
+            if (b < INT32_MIN || b > INT32_MAX) return false;
+        return true;
+    }
+}
+
+// The AVX-512 paths are on unless switched off (se_set_simd, for tests and comparisons).
+std::atomic<bool> g_simd{true};
+
 template <class T>
 void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m,
-                  const DenseModel& dm, std::vector<std::uint8_t>& body) {
+                  const DenseModel& dm, std::vector<std::uint8_t>& body, T* recon) {
     body.insert(body.end(), dm.maps.begin(), dm.maps.end());
     put<std::uint16_t>(body, static_cast<std::uint16_t>(dm.used.size()));
     for (std::size_t k = 0; k < dm.used.size(); ++k) {
@@ -395,6 +415,47 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
     RansEncoder enc(kLog2Lanes, frames * pixels);  // one rANS step per pixel
     BitWriter bits(dm.n_bits);
     std::uint64_t cursor = dm.n_bits;  // filled back to front, read front to back
+    if (!recon && dense_encode_fits<T>(m, pixels, dm) && g_simd.load() && dense_decode_simd_available()) {
+        // The AVX-512 path (codec_simd.cpp): 16 values per step, the same bytes as the loop below.
+        const std::size_t nc = dm.models.size();
+        std::vector<std::uint32_t> table(nc * 256, 0);
+        for (std::size_t k = 0; k < nc; ++k) {
+            const Table& t = dm.models[k].table;
+            for (std::size_t sy = 0; sy < t.size(); ++sy)
+                table[k * 256 + sy] = t.freq[sy] | static_cast<std::uint32_t>(t.cum[sy]) << 16;
+        }
+        std::vector<std::int32_t> base(pixels), cls_off(pixels), sh_esc(pixels), qmin(pixels), nsym(pixels);
+        for (std::uint64_t p = 0; p < pixels; ++p) {
+            const int k = dm.slot_of_class[dm.cls[p]];
+            const ClassModel& cm = dm.models[k];
+            base[p] = static_cast<std::int32_t>(dm.base[p]);
+            cls_off[p] = k * 256;
+            sh_esc[p] = static_cast<std::int32_t>(cm.shift | cm.esc() << 8);
+            qmin[p] = static_cast<std::int32_t>(cm.qmin);
+            nsym[p] = static_cast<std::int32_t>(cm.nsym);
+        }
+        DenseSimdEnc in;
+        in.frames = frames;
+        in.pixels = pixels;
+        in.src = x;
+        in.elem_bytes = static_cast<int>(sizeof(T));
+        in.is_signed = std::is_signed<T>::value;
+        in.base = base.data();
+        in.cls_off = cls_off.data();
+        in.sh_esc = sh_esc.data();
+        in.qmin = qmin.data();
+        in.nsym = nsym.data();
+        in.table = table.data();
+        in.enc = &enc;
+        in.bits = &bits;
+        in.cursor = &cursor;
+        if (dense_encode_simd(in)) {
+            if (cursor != 0) throw CodecError(SE_ERR_ARG, "dense: raw bit count mismatch");
+            enc.finish(body);
+            bits.write(body);
+            return;
+        }
+    }
     for (std::uint64_t f = frames; f-- > 0;) {
         const T* row = x + f * pixels;
         for (std::uint64_t p = pixels; p-- > 0;) {
@@ -411,8 +472,10 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
                 cursor -= sizeof(T) * 8;
                 bits.put(cursor, raw_bits(row[p]), sizeof(T) * 8);
                 enc.put(cm.enc[cm.esc()]);
+                if (recon) recon[f * pixels + p] = row[p];  // an escape decodes to x itself
                 continue;
             }
+            if (recon && !m.element(v, recon[f * pixels + p])) recon[f * pixels + p] = row[p];
             cursor -= cm.shift;
             bits.put(cursor, static_cast<std::uint64_t>(r - q * (std::int64_t{1} << cm.shift)), cm.shift);
             enc.put(cm.enc[static_cast<std::size_t>(q - cm.qmin)]);
@@ -423,8 +486,6 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
     bits.write(body);
 }
 
-// The AVX-512 DENSE decoder is on unless switched off (se_set_simd, for tests and comparisons).
-std::atomic<bool> g_simd{true};
 
 // Whether a chunk fits the AVX-512 path: lossless 8–32-bit integers, whole 16-pixel groups per
 // frame, small tables (symbols < 128), and every value any symbol can decode to inside the dtype
@@ -967,9 +1028,11 @@ void compress_typed(const T* x, Header& h, int requested, std::vector<std::uint8
     if (h.mode != SE_MODE_EVENTS) {
         if (!dm) dm = std::make_unique<DenseModel>(dense_model<T>(x, h.frames, h.pixels, m));
         h.mode = SE_MODE_DENSE;
-        dense_encode<T>(x, h.frames, h.pixels, m, *dm, body);
+        if (lossy) recon.resize(h.raw_nbytes);
+        dense_encode<T>(x, h.frames, h.pixels, m, *dm, body,
+                        lossy ? reinterpret_cast<T*>(recon.data()) : nullptr);
     }
-    if (lossy) {  // the checksum is of what the decoder will produce
+    if (lossy && h.mode == SE_MODE_EVENTS) {  // the checksum is of what the decoder will produce
         recon.resize(h.raw_nbytes);
         T* y = reinterpret_cast<T*>(recon.data());
         for (std::uint64_t i = 0; i < h.elements; ++i) {

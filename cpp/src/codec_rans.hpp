@@ -50,7 +50,7 @@ class RansEncoder {
   public:
     // Every op emits at most one word: the buffer is sized once and written without branches.
     RansEncoder(unsigned log2_lanes, std::uint64_t n_ops)
-        : x_(std::size_t{1} << log2_lanes, kRansL), words_(n_ops + 1), mask_((1u << log2_lanes) - 1),
+        : x_(std::size_t{1} << log2_lanes, kRansL), words_(n_ops + 32), mask_((1u << log2_lanes) - 1),
           log2_lanes_(log2_lanes), j_(n_ops), n_ops_(n_ops) {}
 
     void put(const EncSym& s) {
@@ -64,7 +64,8 @@ class RansEncoder {
 
     void finish(std::vector<std::uint8_t>& out);
 
-  private:
+    // The vector encoder (codec_simd.cpp) works on these directly: it takes the ops from the top
+    // (j_ down) in whole groups of 16.
     std::uint32_t& next() {
         if (j_ == 0) throw CodecError(-1, "rANS encoder: more ops than announced");
         --j_;
@@ -151,6 +152,7 @@ class BitWriter {
         }
     }
     void write(std::vector<std::uint8_t>& out) const;
+    std::uint8_t* data() { return buf_.data(); }
 
   private:
     std::uint64_t nbits_;

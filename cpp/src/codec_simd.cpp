@@ -129,7 +129,121 @@ SE_AVX512 bool run(const DenseSimd& in) {
     return true;
 }
 
+SE_AVX512 inline __m512i load_values(const void* src, std::uint64_t i, int elem_bytes, bool is_signed) {
+    if (elem_bytes == 1) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint8_t*>(src) + i));
+        return is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
+    }
+    if (elem_bytes == 2) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const std::uint16_t*>(src) + i));
+        return is_signed ? _mm512_cvtepi16_epi32(v) : _mm512_cvtepu16_epi32(v);
+    }
+    return _mm512_loadu_si512(static_cast<const std::uint32_t*>(src) + i);
+}
+
+std::uint16_t reverse16(std::uint16_t m) {
+    m = static_cast<std::uint16_t>(((m & 0x5555) << 1) | ((m >> 1) & 0x5555));
+    m = static_cast<std::uint16_t>(((m & 0x3333) << 2) | ((m >> 2) & 0x3333));
+    m = static_cast<std::uint16_t>(((m & 0x0f0f) << 4) | ((m >> 4) & 0x0f0f));
+    return static_cast<std::uint16_t>((m << 8) | (m >> 8));
+}
+
+SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
+    RansEncoder& enc = *in.enc;
+    const std::uint64_t P = in.pixels, n_ops = in.frames * in.pixels;
+    if (enc.j_ != n_ops || enc.x_.size() != 32) return false;
+    const int esc_bits = in.elem_bytes * 8;
+    const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i ff = _mm512_set1_epi32(0xff), ffff = _mm512_set1_epi32(0xffff);
+    const __m512i scale = _mm512_set1_epi32(static_cast<int>(kScale));
+    __m512i X[2] = {_mm512_loadu_si512(enc.x_.data()), _mm512_loadu_si512(enc.x_.data() + 16)};
+    std::uint16_t* words = enc.words_.data();
+    std::uint64_t n_words = enc.n_words_;
+    std::uint64_t cursor = *in.cursor;
+    std::uint64_t p = (n_ops - 16) % P;
+    alignas(64) std::int32_t nbv[16], offv[16], valv[16];
+    for (std::uint64_t g = n_ops / 16; g-- > 0;) {
+        const std::uint64_t i = g * 16;
+        const __m512i v = load_values(in.src, i, in.elem_bytes, in.is_signed);
+        const __m512i sh_esc = _mm512_loadu_si512(in.sh_esc + p);
+        const __m512i shift = _mm512_and_si512(sh_esc, ff);
+        const __m512i esc = _mm512_srli_epi32(sh_esc, 8);
+        const __m512i r = _mm512_sub_epi32(v, _mm512_loadu_si512(in.base + p));
+        const __m512i q = _mm512_srav_epi32(r, shift);
+        const __m512i sym = _mm512_sub_epi32(q, _mm512_loadu_si512(in.qmin + p));
+        __mmask16 ok = _mm512_cmplt_epu32_mask(sym, _mm512_loadu_si512(in.nsym + p));  // 0 ≤ sym < nsym
+        if (in.elem_bytes == 4 && !in.is_signed)  // uint32 values ≥ 2^31 do not fit the int32 lanes
+            ok &= _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512());
+        const __m512i symx = _mm512_mask_blend_epi32(ok, esc, sym);
+        const __m512i low = _mm512_sub_epi32(r, _mm512_sllv_epi32(q, shift));
+        const __m512i raw = in.elem_bytes == 4 ? v : _mm512_and_si512(v, _mm512_set1_epi32((1 << esc_bits) - 1));
+        const __m512i bv = _mm512_mask_blend_epi32(ok, raw, low);
+        const __m512i nb = _mm512_mask_blend_epi32(ok, _mm512_set1_epi32(esc_bits), shift);
+        const __m512i e = _mm512_i32gather_epi32(_mm512_add_epi32(_mm512_loadu_si512(in.cls_off + p), symx), in.table, 4);
+        const __m512i freq = _mm512_and_si512(e, ffff);
+        const __m512i cum = _mm512_srli_epi32(e, 16);
+        __m512i& x = X[g & 1];
+        // Renormalise: lanes at or above x_max = freq · 2^20 (never for freq = 4096) emit their
+        // low 16 bits; the scalar loop emits lane 15 first, so the words go in reversed lane order.
+        const __mmask16 emit = _mm512_cmpneq_epi32_mask(freq, scale) &
+                               _mm512_cmpge_epu32_mask(x, _mm512_slli_epi32(freq, 20));
+        if (emit) {
+            const __m512i xr = _mm512_permutexvar_epi32(rev, x);
+            const __m512i packed = _mm512_maskz_compress_epi32(reverse16(emit), xr);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + n_words), _mm512_cvtepi32_epi16(packed));
+            n_words += static_cast<unsigned>(__builtin_popcount(emit));
+            x = _mm512_mask_srli_epi32(x, emit, x, 16);
+        }
+        // x = (x / freq) · 2^12 + x mod freq + cum, the quotient exact in double precision.
+        const __m512d xl = _mm512_cvtepu32_pd(_mm512_castsi512_si256(x));
+        const __m512d xh = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(x, 1));
+        const __m512d fl = _mm512_cvtepi32_pd(_mm512_castsi512_si256(freq));
+        const __m512d fh = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(freq, 1));
+        const __m512i qd = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epu32(_mm512_div_pd(xl, fl))),
+                                              _mm512_cvttpd_epu32(_mm512_div_pd(xh, fh)), 1);
+        const __m512i rem = _mm512_sub_epi32(x, _mm512_mullo_epi32(qd, freq));
+        x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(qd, kScaleBits), rem), cum);
+        // Raw bits: this group's go at [cursor − total, cursor), lane k at its prefix offset.
+        int total = 0;
+        const __m512i off = exclusive_prefix(nb, total);
+        if (total) {
+            cursor -= static_cast<std::uint64_t>(total);
+            if (total <= 56) {
+                // One word holds the group's bits: each lane's value shifted to its offset, OR-ed.
+                const __m512i one = _mm512_set1_epi64(1);
+                const __m512i nb_lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(nb));
+                const __m512i nb_hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(nb, 1));
+                const __m512i v_lo = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(bv)),
+                                                      _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_lo), one));
+                const __m512i v_hi = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(bv, 1)),
+                                                      _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_hi), one));
+                const __m512i w = _mm512_or_si512(
+                    _mm512_sllv_epi64(v_lo, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(off))),
+                    _mm512_sllv_epi64(v_hi, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(off, 1))));
+                in.bits->put(cursor, static_cast<std::uint64_t>(_mm512_reduce_or_epi64(w)),
+                             static_cast<unsigned>(total));
+            } else {
+                _mm512_store_si512(nbv, nb);
+                _mm512_store_si512(offv, off);
+                _mm512_store_si512(valv, bv);
+                for (int k = 0; k < 16; ++k)
+                    if (nbv[k]) in.bits->put(cursor + static_cast<std::uint64_t>(offv[k]),
+                                             static_cast<std::uint32_t>(valv[k]), static_cast<unsigned>(nbv[k]));
+            }
+        }
+        p = p == 0 ? P - 16 : p - 16;
+    }
+    _mm512_storeu_si512(enc.x_.data(), X[0]);
+    _mm512_storeu_si512(enc.x_.data() + 16, X[1]);
+    enc.n_words_ = n_words;
+    enc.j_ = 0;
+    *in.cursor = cursor;
+    return true;
+}
+
 }  // namespace
+
+bool dense_encode_simd(const DenseSimdEnc& in) { return dense_decode_simd_available() && run_encode(in); }
 
 bool dense_decode_simd_available() {
     static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -142,6 +256,7 @@ bool dense_decode_simd(const DenseSimd& in) { return dense_decode_simd_available
 #else
 
 bool dense_decode_simd_available() { return false; }
+bool dense_encode_simd(const DenseSimdEnc&) { return false; }
 bool dense_decode_simd(const DenseSimd&) { return false; }
 
 #endif

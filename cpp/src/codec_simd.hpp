@@ -30,7 +30,24 @@ struct DenseSimd {
     std::uint64_t *wpos = nullptr, *bpos = nullptr;
 };
 
+// The vector DENSE encoder's inputs (lossless 8/16-bit integers and uint32; 16-pixel groups).
+struct DenseSimdEnc {
+    std::uint64_t frames = 0, pixels = 0;
+    const void* src = nullptr;
+    int elem_bytes = 0;
+    bool is_signed = false;
+    // Per pixel: base (int32), class index × 256, shift | escape symbol << 8, qmin, nsym.
+    const std::int32_t *base = nullptr, *cls_off = nullptr, *sh_esc = nullptr, *qmin = nullptr,
+                       *nsym = nullptr;
+    const std::uint32_t* table = nullptr;  // per class, 256 symbols: freq | cum << 16
+    RansEncoder* enc = nullptr;
+    BitWriter* bits = nullptr;
+    std::uint64_t* cursor = nullptr;  // the bit writer's back-to-front cursor
+};
+
 bool dense_decode_simd_available();
+// Codes every value (in reverse, like the scalar loop) with bit-identical output.
+bool dense_encode_simd(const DenseSimdEnc& in);
 // false: the stream or bit stream ended early (the chunk is corrupt); the state is then undefined.
 bool dense_decode_simd(const DenseSimd& in);
 
