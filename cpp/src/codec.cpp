@@ -258,7 +258,6 @@ struct DenseModel {
     std::vector<ClassModel> models;
     std::vector<std::uint8_t> maps;   // the encoded class and base maps
     double bits = 0;                  // estimated size: payload + maps
-    std::uint64_t n_bits = 0;         // raw bits of the payload (low residual bits, escapes)
 };
 
 template <class T>
@@ -321,7 +320,12 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
         off[p] = static_cast<std::uint32_t>(((p & 3) * n_used + k) * stride);
         psh[p] = static_cast<std::uint8_t>(shift[k]);
     }
-    for (std::uint64_t f = 0; f < frames; ++f) {
+    // The residual histograms come from every k-th frame (≥ 64 frames): the tables need the
+    // distribution's shape, not every count. Unsampled frames may hold values the sample did not
+    // see: every bucket in the seen range keeps a non-zero frequency, and values beyond it (rare:
+    // the sample spans the tails) are escapes, which always keep one too.
+    const std::uint64_t k_frames = std::max<std::uint64_t>(1, frames / 64);
+    for (std::uint64_t f = 0; f < frames; f += k_frames) {
         const T* row = x + f * pixels;
         for (std::uint64_t p = 0; p < pixels; ++p) {
             std::uint32_t* h = hist4.data() + off[p];
@@ -340,10 +344,14 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
         for (std::size_t k = 0; k < n_used; ++k)
             for (std::size_t i = 0; i < stride; ++i) hist[k][i] += hist4[(c * n_used + k) * stride + i];
     for (std::size_t k = 0; k < dm.used.size(); ++k) {
-        const auto& h = hist[k];
+        auto& h = hist[k];
         std::size_t lo = 0, hi = nb;
         while (lo < nb && h[lo] == 0) ++lo;
         while (hi > lo && h[hi - 1] == 0) --hi;
+        if (k_frames > 1) {  // scale the sample up; every bucket in range stays codable
+            for (std::size_t i = lo; i < hi; ++i) h[i] = h[i] * k_frames + 1;
+            h[nb] = h[nb] * k_frames + 1;
+        }
         ClassModel cm;
         cm.shift = shift[k];
         if (lo == hi) {  // escapes only
@@ -365,7 +373,6 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
             cm.enc.push_back(enc_sym(cm.table.freq[s], cm.table.cum[s]));
         std::uint64_t total = 0;
         for (std::size_t s = 0; s < cm.nsym; ++s) total += counts[s];
-        dm.n_bits += total * cm.shift + counts[cm.nsym] * sizeof(T) * 8;
         dm.bits += cm.table.cost_bits(counts) + static_cast<double>(total) * cm.shift +
                    static_cast<double>(counts[cm.nsym]) * sizeof(T) * 8;
         dm.models.push_back(std::move(cm));
@@ -413,8 +420,10 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
     std::vector<const ClassModel*> model_of(pixels);
     for (std::uint64_t p = 0; p < pixels; ++p) model_of[p] = &dm.models[dm.slot_of_class[dm.cls[p]]];
     RansEncoder enc(kLog2Lanes, frames * pixels);  // one rANS step per pixel
-    BitWriter bits(dm.n_bits);
-    std::uint64_t cursor = dm.n_bits;  // filled back to front, read front to back
+    // The raw bits are written as the pixels are coded, last pixel first, from bit 0 up; the
+    // decoder reads them from the top down (its first pixel's bits are the last ones written).
+    BitWriter bits;
+    std::uint64_t cursor = 0;
     if (!recon && dense_encode_fits<T>(m, pixels, dm) && g_simd.load() && dense_decode_simd_available()) {
         // The AVX-512 path (codec_simd.cpp): 16 values per step, the same bytes as the loop below.
         const std::size_t nc = dm.models.size();
@@ -450,7 +459,7 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
         in.bits = &bits;
         in.cursor = &cursor;
         if (dense_encode_simd(in)) {
-            if (cursor != 0) throw CodecError(SE_ERR_ARG, "dense: raw bit count mismatch");
+            bits.set_nbits(cursor);
             enc.finish(body);
             bits.write(body);
             return;
@@ -469,19 +478,19 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
                 ok = q >= cm.qmin && q < cm.qmin + static_cast<std::int64_t>(cm.nsym);
             }
             if (!ok) {
-                cursor -= sizeof(T) * 8;
-                bits.put(cursor, raw_bits(row[p]), sizeof(T) * 8);
+                bits.put_grow(cursor, raw_bits(row[p]), sizeof(T) * 8);
+                cursor += sizeof(T) * 8;
                 enc.put(cm.enc[cm.esc()]);
                 if (recon) recon[f * pixels + p] = row[p];  // an escape decodes to x itself
                 continue;
             }
             if (recon && !m.element(v, recon[f * pixels + p])) recon[f * pixels + p] = row[p];
-            cursor -= cm.shift;
-            bits.put(cursor, static_cast<std::uint64_t>(r - q * (std::int64_t{1} << cm.shift)), cm.shift);
+            bits.put_grow(cursor, static_cast<std::uint64_t>(r - q * (std::int64_t{1} << cm.shift)), cm.shift);
+            cursor += cm.shift;
             enc.put(cm.enc[static_cast<std::size_t>(q - cm.qmin)]);
         }
     }
-    if (cursor != 0) throw CodecError(SE_ERR_ARG, "dense: raw bit count mismatch");
+    bits.set_nbits(cursor);
     enc.finish(body);
     bits.write(body);
 }
@@ -573,19 +582,20 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
     std::uint64_t wpos = 0;
     const std::uint8_t* const bp = bits.p_;
     const std::uint64_t nbits = bits.nbits_;
-    std::uint64_t bpos = 0;
+    std::uint64_t bpos = nbits;  // read from the top down (docs/codec.md)
     auto get_bits_32 = [&](unsigned n) -> std::uint64_t {  // n ≤ 32
-        if (n > nbits - bpos) throw CodecError(SE_ERR_CORRUPT, "bit stream ends early");
+        if (n > bpos) throw CodecError(SE_ERR_CORRUPT, "bit stream ends early");
+        bpos -= n;
         std::uint64_t w;
         std::memcpy(&w, bp + (bpos >> 3), 8);
-        const std::uint64_t v = (w >> (bpos & 7)) & ((std::uint64_t{1} << n) - 1);
-        bpos += n;
-        return v;
+        return (w >> (bpos & 7)) & ((std::uint64_t{1} << n) - 1);
     };
     auto get_bits = [&](unsigned n) -> std::uint64_t {  // escapes of 64-bit floats: two reads
         if (n <= 32) return get_bits_32(n);
+        // The value sits at [bpos − n, bpos), low 32 bits first: read its top part, then the low.
+        const std::uint64_t hi = get_bits_32(n - 32);
         const std::uint64_t lo = get_bits_32(32);
-        return lo | get_bits_32(n - 32) << 32;
+        return lo | hi << 32;
     };
     if (dense_simd_fits<T>(m, pixels, models, klass, base) && g_simd.load()) {
         // The AVX-512 path (codec_simd.cpp): same format, same output, 16 lanes at a time.
@@ -631,7 +641,7 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
             if (!dense_decode_simd(in)) throw CodecError(SE_ERR_CORRUPT, "dense: stream ends early");
             std::memcpy(d.x_, x, sizeof x);
             d.pos_ = wpos;
-            bits.pos_ = bpos;
+            bits.pos_ = bits.nbits_ - bpos;  // read top-down: done when bpos is 0
             d.finish();
             bits.finish();
             r.p += used + used_bits;
@@ -671,7 +681,7 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
     }
     std::memcpy(d.x_, x, sizeof x);
     d.pos_ = wpos;
-    bits.pos_ = bpos;
+    bits.pos_ = bits.nbits_ - bpos;  // read top-down: done when bpos is 0
     d.finish();
     bits.finish();
     r.p += used + used_bits;

@@ -137,6 +137,17 @@ struct Table {
 class BitWriter {
   public:
     explicit BitWriter(std::uint64_t nbits) : nbits_(nbits), buf_((nbits + 7) / 8 + 8, 0) {}
+    // A growing stream (its length known only at the end): put_grow, then set_nbits.
+    BitWriter() : nbits_(0), buf_(1 << 16, 0) {}
+    void put_grow(std::uint64_t pos, std::uint64_t v, unsigned n) {
+        const std::size_t need = static_cast<std::size_t>((pos + n + 7) / 8 + 8);
+        if (need > buf_.size()) buf_.resize(std::max(need, 2 * buf_.size()), 0);
+        put(pos, v, n);
+    }
+    void set_nbits(std::uint64_t nbits) {
+        nbits_ = nbits;
+        buf_.resize(static_cast<std::size_t>((nbits + 7) / 8 + 8), 0);
+    }
     // value's low n bits (n <= 64) at bit position pos (ranges must not overlap).
     void put(std::uint64_t pos, std::uint64_t v, unsigned n) {
         while (n > 0) {

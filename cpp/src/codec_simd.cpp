@@ -35,7 +35,7 @@ SE_AVX512 bool run(const DenseSimd& in) {
     const __m512i L = _mm512_set1_epi32(static_cast<int>(kRansL));
     __m512i X[2] = {_mm512_loadu_si512(in.x), _mm512_loadu_si512(in.x + 16)};
     std::uint64_t wpos = *in.wpos, bpos = *in.bpos;
-    const std::uint64_t n_words = in.n_words, nbits = in.nbits;
+    const std::uint64_t n_words = in.n_words;
     std::uint16_t tail[32] = {};
     std::uint64_t p = 0;
     for (std::uint64_t i = 0; i < n_ops; i += 16, p = p + 16 == P ? 0 : p + 16) {
@@ -71,10 +71,14 @@ SE_AVX512 bool run(const DenseSimd& in) {
         const __mmask16 is_esc = _mm512_cmpeq_epi32_mask(sym, _mm512_srli_epi32(sh_esc, 8));
         const __m512i nb = _mm512_mask_blend_epi32(is_esc, shift, _mm512_set1_epi32(in.esc_bits));
         int total = 0;
-        const __m512i off = exclusive_prefix(nb, total);
+        const __m512i excl = exclusive_prefix(nb, total);
         __m512i low = _mm512_setzero_si512();
         if (total) {
-            if (static_cast<std::uint64_t>(total) > nbits - bpos) return false;
+            // The bits are read from the top down: this group's are [bpos − total, bpos), lane k's
+            // at offset total − (its inclusive prefix) from the group's start.
+            if (static_cast<std::uint64_t>(total) > bpos) return false;
+            bpos -= static_cast<std::uint64_t>(total);
+            const __m512i off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
             const __m512i one = _mm512_set1_epi64(1);
             const __m512i nb_lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(nb));
             const __m512i nb_hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(nb, 1));
@@ -101,7 +105,6 @@ SE_AVX512 bool run(const DenseSimd& in) {
             }
             low = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(v_lo)),
                                      _mm512_cvtepi64_epi32(v_hi), 1);
-            bpos += static_cast<std::uint64_t>(total);
         }
         // value = (base + qmin << shift) + sym << shift + low; escapes: the raw bits themselves.
         const __m512i v = _mm512_add_epi32(_mm512_add_epi32(_mm512_loadu_si512(in.basq + p),
@@ -205,9 +208,11 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
         x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(qd, kScaleBits), rem), cum);
         // Raw bits: this group's go at [cursor − total, cursor), lane k at its prefix offset.
         int total = 0;
-        const __m512i off = exclusive_prefix(nb, total);
+        const __m512i excl = exclusive_prefix(nb, total);
         if (total) {
-            cursor -= static_cast<std::uint64_t>(total);
+            // Written from bit 0 up, last pixel first: lane 15's bits at the group's start, lane k's
+            // at offset total − (its inclusive prefix).
+            const __m512i off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
             if (total <= 56) {
                 // One word holds the group's bits: each lane's value shifted to its offset, OR-ed.
                 const __m512i one = _mm512_set1_epi64(1);
@@ -220,16 +225,17 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
                 const __m512i w = _mm512_or_si512(
                     _mm512_sllv_epi64(v_lo, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(off))),
                     _mm512_sllv_epi64(v_hi, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(off, 1))));
-                in.bits->put(cursor, static_cast<std::uint64_t>(_mm512_reduce_or_epi64(w)),
-                             static_cast<unsigned>(total));
+                in.bits->put_grow(cursor, static_cast<std::uint64_t>(_mm512_reduce_or_epi64(w)),
+                                  static_cast<unsigned>(total));
             } else {
                 _mm512_store_si512(nbv, nb);
                 _mm512_store_si512(offv, off);
                 _mm512_store_si512(valv, bv);
                 for (int k = 0; k < 16; ++k)
-                    if (nbv[k]) in.bits->put(cursor + static_cast<std::uint64_t>(offv[k]),
-                                             static_cast<std::uint32_t>(valv[k]), static_cast<unsigned>(nbv[k]));
+                    if (nbv[k]) in.bits->put_grow(cursor + static_cast<std::uint64_t>(offv[k]),
+                                                  static_cast<std::uint32_t>(valv[k]), static_cast<unsigned>(nbv[k]));
             }
+            cursor += static_cast<std::uint64_t>(total);
         }
         p = p == 0 ? P - 16 : p - 16;
     }

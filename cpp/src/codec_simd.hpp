@@ -25,7 +25,8 @@ struct DenseSimd {
     int lo = 0, hi = 0;
     int elem_bytes = 0;  // 1, 2 or 4: values are stored truncated to this width
     void* out = nullptr;
-    // Coder state, updated: the 32 lane states, the word and bit positions.
+    // Coder state, updated: the 32 lane states, the word position, the bit position (read top-down:
+    // it starts at nbits and ends at 0).
     std::uint32_t* x = nullptr;
     std::uint64_t *wpos = nullptr, *bpos = nullptr;
 };
@@ -42,7 +43,7 @@ struct DenseSimdEnc {
     const std::uint32_t* table = nullptr;  // per class, 256 symbols: freq | cum << 16
     RansEncoder* enc = nullptr;
     BitWriter* bits = nullptr;
-    std::uint64_t* cursor = nullptr;  // the bit writer's back-to-front cursor
+    std::uint64_t* cursor = nullptr;  // the bit writer's cursor (bits go from 0 up, last pixel first)
 };
 
 bool dense_decode_simd_available();
