@@ -265,9 +265,11 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
     DenseModel dm;
     std::vector<double> s1(pixels, 0.0), s2(pixels, 0.0);
     std::vector<std::uint32_t> n(pixels, 0);
+    // Moments from every k-th frame (≥ 128 frames): enough for a pixel's base and class.
+    const std::uint64_t k1 = std::max<std::uint64_t>(1, frames / 128);
     if (std::is_integral<T>::value && m.kind == 0 && m.threshold == 0) {
         // Lossless integers: every value is itself; plain loops that vectorise.
-        for (std::uint64_t f = 0; f < frames; ++f) {
+        for (std::uint64_t f = 0; f < frames; f += k1) {
             const T* row = x + f * pixels;
             for (std::uint64_t p = 0; p < pixels; ++p) {
                 const double d = static_cast<double>(row[p]);
@@ -275,9 +277,9 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
                 s2[p] += d * d;
             }
         }
-        std::fill(n.begin(), n.end(), static_cast<std::uint32_t>(frames));
+        std::fill(n.begin(), n.end(), static_cast<std::uint32_t>((frames + k1 - 1) / k1));
     } else {
-        for (std::uint64_t f = 0; f < frames; ++f) {
+        for (std::uint64_t f = 0; f < frames; f += k1) {
             const T* row = x + f * pixels;
             for (std::uint64_t p = 0; p < pixels; ++p) {
                 std::int64_t v;

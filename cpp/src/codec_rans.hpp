@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <algorithm>
+#include <memory>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -50,7 +51,8 @@ class RansEncoder {
   public:
     // Every op emits at most one word: the buffer is sized once and written without branches.
     RansEncoder(unsigned log2_lanes, std::uint64_t n_ops)
-        : x_(std::size_t{1} << log2_lanes, kRansL), words_(n_ops + 32), mask_((1u << log2_lanes) - 1),
+        : x_(std::size_t{1} << log2_lanes, kRansL), words_(new std::uint16_t[n_ops + 32]),
+          mask_((1u << log2_lanes) - 1),
           log2_lanes_(log2_lanes), j_(n_ops), n_ops_(n_ops) {}
 
     void put(const EncSym& s) {
@@ -72,7 +74,7 @@ class RansEncoder {
         return x_[j_ & mask_];
     }
     std::vector<std::uint32_t> x_;
-    std::vector<std::uint16_t> words_;
+    std::unique_ptr<std::uint16_t[]> words_;  // not zeroed: only the emitted words are read
     std::uint64_t n_words_ = 0;
     std::uint32_t mask_;
     unsigned log2_lanes_;

@@ -160,7 +160,7 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
     const __m512i ff = _mm512_set1_epi32(0xff), ffff = _mm512_set1_epi32(0xffff);
     const __m512i scale = _mm512_set1_epi32(static_cast<int>(kScale));
     __m512i X[2] = {_mm512_loadu_si512(enc.x_.data()), _mm512_loadu_si512(enc.x_.data() + 16)};
-    std::uint16_t* words = enc.words_.data();
+    std::uint16_t* words = enc.words_.get();
     std::uint64_t n_words = enc.n_words_;
     std::uint64_t cursor = *in.cursor;
     std::uint64_t p = (n_ops - 16) % P;
