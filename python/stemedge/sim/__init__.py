@@ -18,12 +18,13 @@ from stemedge.sim.samples import (
     sinusoid,
     vacuum_edge,
 )
-from stemedge.sim.wpo import SimulatedScan, simulate_4dstem
+from stemedge.sim.wpo import SimulatedScan, frames_at, simulate_4dstem
 
 __all__ = [
     "DiskScan",
     "Sample",
     "SimulatedScan",
+    "frames_at",
     "gaussian_atoms",
     "lattice",
     "phase_from_potential",

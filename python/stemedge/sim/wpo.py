@@ -20,7 +20,7 @@ from stemedge.aberrations import ABERRATION_KEYS, aberration_phase, check_aberra
 from stemedge.calibration import Calibration, rotation_matrix, wavelength_A
 from stemedge.sim._checks import check_dtype
 
-__all__ = ["ABERRATION_KEYS", "SimulatedScan", "aberration_phase", "simulate_4dstem"]
+__all__ = ["ABERRATION_KEYS", "SimulatedScan", "aberration_phase", "frames_at", "simulate_4dstem"]
 
 
 @dataclasses.dataclass
@@ -60,6 +60,38 @@ def _probe(d: int, dx: float, lam: float, alpha_rad: float, ab: dict[str, float]
     a = aperture * np.exp(-1j * aberration_phase(ky, kx, lam, ab))
     p = np.fft.fftshift(np.fft.ifft2(a))  # centre at (d//2, d//2)
     return p / np.sqrt(np.sum(np.abs(p) ** 2))
+
+
+def _record(exit_wave: np.ndarray, plan, dose: float | None, rng, dt: np.dtype) -> np.ndarray:
+    """Frames (..., d·d) of a batch of exit waves (..., d, d): |FFT|², the detector orientation,
+    then Poisson counts at ``dose`` (None: intensities)."""
+    d = exit_wave.shape[-1]
+    f = np.fft.fft2(exit_wave, norm="ortho")
+    inten = np.square(f.real)
+    inten += np.square(f.imag)
+    inten = inten.reshape(*exit_wave.shape[:-2], d * d)
+    if plan is not None:
+        if plan[0] == "exact":
+            inten = np.take(inten, plan[1], axis=-1)
+        else:
+            _, idx, w = plan
+            rot = np.take(inten, idx[0], axis=-1) * w[0]
+            for m in range(1, 4):
+                rot += np.take(inten, idx[m], axis=-1) * w[m]
+            rot /= rot.sum(axis=-1, keepdims=True)
+            inten = rot
+    if dose is None:
+        return inten
+    counts = rng.poisson(inten.astype(np.float64) * dose)
+    if np.issubdtype(dt, np.integer):
+        imax = np.iinfo(dt).max
+        if counts.size and counts.max() > imax:
+            bigger = "uint16" if dt == np.uint8 else "uint32" if dt == np.uint16 else "float32"
+            raise ValueError(
+                f"Poisson counts reach {int(counts.max())}, which overflows dtype {dt.name} "
+                f"(max {imax}); use dtype=numpy.{bigger} or a lower dose"
+            )
+    return counts
 
 
 def _detector_map(d: int, rotation_deg: float, flip_y: bool):
@@ -244,34 +276,9 @@ def simulate_4dstem(
             for y in range(sy)
             for x0 in range(0, sx, per_chunk)
         ]
-    imax = np.iinfo(dt).max if integer else None
     for y0, y1, x0, x1 in blocks:
-        exit_wave = windows[y0:y1, x0:x1] * p_mod
-        f = np.fft.fft2(exit_wave, norm="ortho")
-        inten = np.square(f.real)
-        inten += np.square(f.imag)
-        inten = inten.reshape(y1 - y0, x1 - x0, d * d)
-        if plan is not None:
-            if plan[0] == "exact":
-                inten = np.take(inten, plan[1], axis=-1)
-            else:
-                _, idx, w = plan
-                rot = np.take(inten, idx[0], axis=-1) * w[0]
-                for m in range(1, 4):
-                    rot += np.take(inten, idx[m], axis=-1) * w[m]
-                rot /= rot.sum(axis=-1, keepdims=True)
-                inten = rot
-        if dose is None:
-            flat_out[y0:y1, x0:x1] = inten
-            continue
-        counts = rng.poisson(inten.astype(np.float64) * dose)
-        if imax is not None and counts.size and counts.max() > imax:
-            bigger = "uint16" if dt == np.uint8 else "uint32" if dt == np.uint16 else "float32"
-            raise ValueError(
-                f"Poisson counts reach {int(counts.max())}, which overflows dtype {dt.name} "
-                f"(max {imax}); use dtype=numpy.{bigger} or a lower dose"
-            )
-        flat_out[y0:y1, x0:x1] = counts
+        frames = _record(windows[y0:y1, x0:x1] * p_mod, plan, dose, rng, dt)
+        flat_out[y0:y1, x0:x1] = frames.reshape(y1 - y0, x1 - x0, d * d)
 
     calibration = Calibration(
         scan_step_A=(step, step),
@@ -290,3 +297,72 @@ def simulate_4dstem(
         probe=probe,
         dose=dose,
     )
+
+
+def frames_at(
+    phase: Any,
+    positions_px: Any,
+    *,
+    pixel_A: float = 0.26,
+    det_shape: tuple[int, int] = (64, 64),
+    voltage_kV: float = 80.0,
+    convergence_mrad: float = 25.0,
+    aberrations: Mapping[str, float] | None = None,
+    dose: float | None = None,
+    dtype: Any = np.float32,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Frames of the thin object ``phase`` with the probe at arbitrary object pixels.
+
+    The same physics as :func:`simulate_4dstem` (periodic object, exact for any phase strength,
+    detector orientation unrotated), for a list of probe positions instead of a raster: what a
+    microscope's "frame at this position" gives.
+
+    Parameters
+    ----------
+    phase : array_like (ny, nx)
+        Object phase [rad] on a grid of ``pixel_A``, periodic.
+    positions_px : array_like (n, 2)
+        Probe positions (y, x) in object pixels (integers; wrapped periodically).
+    pixel_A, det_shape, voltage_kV, convergence_mrad, aberrations, dose, dtype
+        As for :func:`simulate_4dstem` (``pixel_A`` is its ``scan_step_A`` with oversample 1).
+    rng : numpy.random.Generator, optional
+        Poisson noise source (default: a fresh generator seeded 0).
+
+    Returns
+    -------
+    numpy.ndarray (n, D, D)
+    """
+    obj = np.asarray(phase, dtype=np.float64)
+    if obj.ndim != 2 or not np.all(np.isfinite(obj)):
+        raise ValueError(f"phase must be a finite real 2-D array, got shape {obj.shape}")
+    pos = np.asarray(positions_px)
+    if pos.ndim != 2 or pos.shape[1] != 2 or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError("positions_px must be integer object pixels of shape (n, 2)")
+    d = int(det_shape[0])
+    if tuple(int(v) for v in det_shape) != (d, d) or d < 2:
+        raise ValueError(f"det_shape must be square (D, D) with D >= 2, got {det_shape!r}")
+    dt = check_dtype(dtype)
+    if dose is None and np.issubdtype(dt, np.integer):
+        raise ValueError(f"dtype {dt.name} needs counts: pass dose=<electrons per frame>")
+    lam = wavelength_A(voltage_kV)
+    probe = _probe(
+        d, float(pixel_A), lam, float(convergence_mrad) * 1e-3, check_aberrations(aberrations)
+    )
+    c = d // 2
+    n = np.arange(d)
+    carrier = np.exp(2j * np.pi * c * n / d)
+    p_mod = (probe * carrier[:, None] * carrier[None, :]).astype(np.complex64)
+    t = np.exp(1j * obj).astype(np.complex64)
+    ny, nx = t.shape
+    # Window rows/cols: object pixel (y − c + i) mod ny for the probe centred at y.
+    yy = (pos[:, 0:1] % ny - c + n[None, :]) % ny  # (n, d)
+    xx = (pos[:, 1:2] % nx - c + n[None, :]) % nx
+    out = np.empty((len(pos), d, d), dt)
+    gen = rng if rng is not None else np.random.default_rng(0)
+    batch = max(1, (64 * 2**20) // (d * d * 8))
+    for i0 in range(0, len(pos), batch):
+        sl = slice(i0, i0 + batch)
+        windows = t[yy[sl][:, :, None], xx[sl][:, None, :]]
+        out[sl] = _record(windows * p_mod, None, dose, gen, dt).reshape(-1, d, d)
+    return out
