@@ -135,11 +135,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no summary (errors still go to stderr)",
     )
-    from stemedge import cli_codec, cli_jobs, cli_status  # pyzmq: loaded only when the CLI is built
+    from stemedge import cli_codec, cli_jobs, cli_serve, cli_status  # pyzmq: loaded only here
 
     cli_jobs.register(sub)
     cli_codec.register(sub)
     cli_status.register(sub)
+    cli_serve.register(sub)
     return parser
 
 
@@ -238,6 +239,12 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     return cli_codec.run_decompress(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from stemedge import cli_serve
+
+    return cli_serve.run(args)
+
+
 _COMMANDS = {
     "info": _cmd_info,
     "demo": _cmd_demo,
@@ -246,6 +253,7 @@ _COMMANDS = {
     "stream": _cmd_stream,
     "compress": _cmd_compress,
     "decompress": _cmd_decompress,
+    "serve": _cmd_serve,
 }
 
 

@@ -2,9 +2,12 @@
 
 - :class:`Microscope`: survey, probe, frames at positions, 4D scans into the data plane, state,
   abort;
-- :class:`SimulatedMicroscope`: the interface on stemedge's simulator (tests, demo, steering).
+- :class:`SimulatedMicroscope`: the interface on stemedge's simulator (tests, demo, steering);
+- ``stemedge.control.server`` (``stemedge serve``) and ``stemedge.control.remote``
+  (:class:`~stemedge.control.remote.RemoteMicroscope`): the interface over Pyro5 with mutual TLS
+  and a token (extra ``control``); ``stemedge.control.certs`` makes the certificates.
 
-The Nion Swift implementation, the Pyro5 server and the remote proxy come next (issue 7).
+The Nion Swift implementation and plugin come next (issue 7).
 """
 
 from stemedge.control.microscope import (
