@@ -4,8 +4,9 @@
                              token=os.environ["STEMEDGE_TOKEN"])
     image = scope.survey((256, 256))
 
-Every thread gets its own connection (Pyro5 proxies are per thread), so :meth:`abort` from a
-second thread reaches a running acquisition.
+Calls share one connection (taken over by whichever thread calls: a pipeline's producer thread
+streams a scan on it, no new TLS handshake per scan); :meth:`abort` opens its own, so it reaches
+an acquisition that is running.
 """
 
 from __future__ import annotations
@@ -34,43 +35,52 @@ class RemoteMicroscope(Microscope):
         self.uri = str(uri)
         self._certs = certs if isinstance(certs, CertificatePaths) else CertificatePaths(certs)
         self._token = token
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conn = None
         configure_tls(self._certs, server=False)
 
-    def _proxy(self):
-        p = getattr(self._local, "proxy", None)
-        if p is None:
-            import Pyro5.api
+    def _call(self, name: str, *args: Any) -> Any:
+        """One remote call on the shared connection (one call at a time)."""
+        import Pyro5.api
 
-            p = Pyro5.api.Proxy(self.uri)
-            p._pyroHandshake = self._token
-            p._pyroSerializer = "marshal"
-            self._local.proxy = p
-        return p
+        with self._lock:
+            if self._conn is None:
+                self._conn = Pyro5.api.Proxy(self.uri)
+                self._conn._pyroHandshake = self._token
+                self._conn._pyroSerializer = "marshal"
+            self._conn._pyroClaimOwnership()
+            return getattr(self._conn, name)(*args)
+
+    def _proxy(self):
+        """The shared Pyro5 proxy, claimed for this thread (for tests of the raw protocol)."""
+        self._call("ping")
+        self._conn._pyroClaimOwnership()
+        return self._conn
 
     def close(self) -> None:
-        p = getattr(self._local, "proxy", None)
-        if p is not None:
-            p._pyroRelease()
-            self._local.proxy = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn._pyroClaimOwnership()
+                self._conn._pyroRelease()
+                self._conn = None
 
     def state(self) -> MicroscopeState:
-        d = self._proxy().state()
+        d = self._call("state")
         for key in ("probe_A", "fov_A", "camera_shape", "stage_nm"):
             d[key] = tuple(d[key])
         return MicroscopeState(**d)
 
     def survey(self, size=(256, 256), *, fov_A=None, dwell_us=2.0, detector="HAADF") -> SurveyImage:
-        d = self._proxy().survey([int(size[0]), int(size[1])], fov_A, float(dwell_us), detector)
+        d = self._call("survey", [int(size[0]), int(size[1])], fov_A, float(dwell_us), detector)
         return SurveyImage(unpack(d["image"]), tuple(d["pixel_A"]), d["detector"], d["dwell_us"])
 
     def move_probe(self, position_A: Any) -> None:
         y, x = (float(v) for v in np.asarray(position_A, dtype=np.float64).reshape(2))
-        self._proxy().move_probe([y, x])
+        self._call("move_probe", [y, x])
 
     def frames_at(self, positions_A: Any, *, exposure_ms: float = 1.0) -> np.ndarray:
         pos = np.asarray(positions_A, dtype=np.float64)
-        return unpack(self._proxy().frames_at(pack(pos), float(exposure_ms)))
+        return unpack(self._call("frames_at", pack(pos), float(exposure_ms)))
 
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         return _RemoteScan(self, (int(size[0]), int(size[1])), float(exposure_ms))
@@ -92,7 +102,7 @@ class _RemoteScan(Source):
         self._started: dict[str, Any] | None = None
         self.geometry = None  # type: ignore[assignment]
         # The geometry comes from the server; the scan starts when it is first streamed.
-        info = scope._proxy().scan_start(list(size), exposure_ms, 256)
+        info = scope._call("scan_start", list(size), exposure_ms, 256)
         self._started = info
         self.geometry = ScanGeometry.from_dict(info["geometry"])
 
@@ -104,10 +114,9 @@ class _RemoteScan(Source):
         }
 
     def chunks(self, max_frames: int) -> Iterator[Chunk]:
-        proxy = self._scope._proxy()
         scan_id = self._started["scan_id"]
         while True:
-            d = proxy.scan_next(scan_id)
+            d = self._scope._call("scan_next", scan_id)
             if d is None:
                 return
             frames, idx = unpack(d["frames"]), unpack(d["indices"])

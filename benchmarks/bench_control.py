@@ -1,0 +1,97 @@
+"""Control plane over Pyro5 + mutual TLS on loopback: what the network adds to acquisitions.
+
+    python benchmarks/bench_control.py [--repeats 7]
+
+A ``stemedge serve --backend sim`` server runs in another process (noise-free simulator, the
+same specimen as an in-process SimulatedMicroscope). For each operation the median of
+``--repeats`` remote calls is compared with the same call in process; the difference is what
+Pyro5, TLS and the serializer cost:
+
+1. ``frames_at`` of 1024 positions: 1024 frames of 64² float32 = 16 MiB. Target: ≤ 0.1 s of
+   transport.
+2. An 8×8 4D scan streamed through a Pipeline (CoM). Target: ≤ 5 % more than in process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from stemedge.analysis import CenterOfMassAnalysis
+from stemedge.control import SimulatedMicroscope
+from stemedge.control.certs import make_certificates
+from stemedge.control.remote import RemoteMicroscope
+from stemedge.pipeline import Pipeline
+
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def _median(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    certs = make_certificates(tmp)
+    env = {**os.environ, "STEMEDGE_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stemedge", "serve", "--certs", tmp, "--sim-dose", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        uri = proc.stdout.readline().split("stemedge serve: ")[1].strip()
+        remote = RemoteMicroscope(uri, certs, token=TOKEN)
+        local = SimulatedMicroscope(dose_per_ms=None)
+        pos = np.tile([[10.0, 10.0]], (1024, 1))
+        remote.frames_at(pos[:2])  # connect
+        t_remote = _median(lambda: remote.frames_at(pos), args.repeats)
+        t_local = _median(lambda: local.frames_at(pos), args.repeats)
+        mib = local.frames_at(pos).nbytes / 2**20
+        print(f"load average {os.getloadavg()[0]:.2f}; loopback, Pyro5 + TLS 1.3, marshal")
+        print(f"1. frames_at 1024 positions ({mib:.0f} MiB of frames)")
+        print(f"   remote {t_remote * 1e3:7.1f} ms   in process {t_local * 1e3:7.1f} ms")
+        print(
+            f"   transport {1e3 * (t_remote - t_local):7.1f} ms = "
+            f"{mib / 1024 / max(t_remote - t_local, 1e-9):.2f} GiB/s   target ≤ 100 ms: "
+            f"{'met' if t_remote - t_local <= 0.1 else 'NOT met'}"
+        )
+
+        def scan(scope):
+            scope.survey((64, 64), fov_A=20.8)
+            res = Pipeline(
+                scope.scan_4d((8, 8)), [CenterOfMassAnalysis(nthreads=1)], workers=1
+            ).run()
+            assert res.complete
+
+        t_rs = _median(lambda: scan(remote), args.repeats)
+        t_ls = _median(lambda: scan(local), args.repeats)
+        print("2. 8×8 4D scan (64² frames) + survey, streamed through a Pipeline with CoM")
+        print(
+            f"   remote {t_rs * 1e3:7.1f} ms   in process {t_ls * 1e3:7.1f} ms   "
+            f"overhead {100 * (t_rs / t_ls - 1):+.1f} %   target ≤ +5 %: "
+            f"{'met' if t_rs <= 1.05 * t_ls else 'NOT met'}"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
