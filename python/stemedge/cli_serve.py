@@ -22,7 +22,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--backend", choices=("sim",), default="sim", help="the microscope (default sim)"
+        "--backend",
+        choices=("sim", "usim"),
+        default="sim",
+        help="sim: stemedge's simulator; usim: Nion Swift's simulated instrument, headless "
+        "(pip install nionswift-usim)",
     )
     p.add_argument("--certs", required=True, metavar="DIR", help="ca.pem, server.pem, server.key")
     p.add_argument(
@@ -57,13 +61,24 @@ def run(args: argparse.Namespace) -> int:
     for path in (certs.ca, certs.server_cert, certs.server_key):
         if not path.is_file():
             raise ValueError(f"{path} is missing; create the certificates with --make-certs")
-    scope = SimulatedMicroscope(
-        dose_per_ms=args.sim_dose if args.sim_dose > 0 else None, seed=args.seed
-    )
+    stop = None
+    if args.backend == "usim":
+        from stemedge.control.swift import SwiftMicroscope, start_usim
+
+        cfg, stop = start_usim()
+        scope = SwiftMicroscope(cfg.instrument)
+    else:
+        scope = SimulatedMicroscope(
+            dose_per_ms=args.sim_dose if args.sim_dose > 0 else None, seed=args.seed
+        )
 
     def ready(uri: str) -> None:
         print(f"stemedge serve: {uri}", flush=True)
 
-    serve(scope, certs, token, host=args.host, port=args.port, ready=ready)
+    try:
+        serve(scope, certs, token, host=args.host, port=args.port, ready=ready)
+    finally:
+        if stop is not None:
+            stop()
     print("stemedge serve: stopped", file=sys.stderr)
     return 0

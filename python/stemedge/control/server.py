@@ -169,8 +169,14 @@ class MicroscopeService:
 def configure_tls(certs: CertificatePaths, *, server: bool) -> None:
     """Pyro5's process-wide TLS settings: mutual TLS with this CA (clients need a certificate)."""
     import Pyro5
+    import Pyro5.socketutil
 
     cfg = Pyro5.config
+    # Pyro5 builds its TLS context once per process and caches it: drop the cached one, so a
+    # process can talk to servers of another CA (or serve with other certificates) later.
+    key = "__ssl_server_context" if server else "__ssl_client_context"
+    if hasattr(Pyro5.socketutil, key):
+        setattr(Pyro5.socketutil, key, None)
     cfg.SSL = True
     cfg.SSL_CACERTS = str(certs.ca)
     cfg.SSL_REQUIRECLIENTCERT = True

@@ -1,0 +1,242 @@
+"""SwiftMicroscope: the Microscope interface on Nion Swift's instrumentation (issue 7).
+
+It drives the hardware sources that nionswift-instrumentation registers: the STEM controller,
+the scan device (HAADF and MAADF channels) and the ronchigram camera. This works inside Swift
+(the plugin) and headless, e.g. on the nionswift-usim simulator; see :func:`start_usim`.
+
+Positions are (y, x) Å in the field of view of the last survey. Swift's probe positions are
+fractions of that field. Frames are taken at the camera's current binning unless ``binning``
+is given.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import tempfile
+import threading
+import uuid
+from typing import Any
+
+import numpy as np
+
+from stemedge.calibration import Calibration
+from stemedge.control.microscope import (
+    DETECTORS,
+    Microscope,
+    MicroscopeError,
+    MicroscopeState,
+    SurveyImage,
+    check_positions,
+    check_positive,
+    check_shape,
+)
+from stemedge.sources.base import Source
+from stemedge.sources.sim import SimSource
+
+__all__ = ["SwiftMicroscope", "start_usim"]
+
+
+def start_usim() -> tuple[Any, Any]:
+    """Bring up nionswift-usim's simulated instrument headless; returns ``(configuration,
+    stop)`` where ``stop()`` shuts it down. (Inside Swift the plugin finds the real devices.)"""
+    from nion.instrumentation import HardwareSource, camera_base, scan_base
+    from nion.usim_device import DeviceConfiguration
+
+    settings = pathlib.Path(tempfile.mkdtemp(prefix="stemedge_usim_"))
+    HardwareSource.run()
+    camera_base.run(settings)
+    scan_base.run(settings)
+    cfg = DeviceConfiguration.AcquisitionContextConfiguration(set_configuration_location=False)
+    cfg.run()
+
+    def stop() -> None:
+        cfg.stop()
+        scan_base.stop()
+        camera_base.stop()
+        HardwareSource.stop()
+
+    return cfg, stop
+
+
+class SwiftMicroscope(Microscope):
+    """A Microscope on Swift's STEM controller, scan device and ronchigram camera.
+
+    Parameters
+    ----------
+    instrument : STEM controller
+        nionswift-instrumentation's ``stem_controller`` (e.g. ``start_usim()[0].instrument``).
+    scan, camera : hardware sources
+        The scan device and the ronchigram camera; default: found by their usim ids.
+    binning : int
+        Camera binning for frames and 4D scans.
+    """
+
+    def __init__(
+        self, instrument: Any, scan: Any = None, camera: Any = None, *, binning: int = 8
+    ) -> None:
+        from nion.instrumentation import HardwareSource
+
+        hsm = HardwareSource.HardwareSourceManager()
+        self._instrument = instrument
+        self._scan = scan or hsm.get_hardware_source_for_hardware_source_id("usim_scan_device")
+        self._camera = camera or hsm.get_hardware_source_for_hardware_source_id(
+            "usim_ronchigram_camera"
+        )
+        if self._scan is None or self._camera is None:
+            raise MicroscopeError("no scan device or ronchigram camera is registered")
+        self._binning = int(binning)
+        self._fov_A = (500.0, 500.0)
+        self._lock = threading.Lock()
+        self._aborted = threading.Event()
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _channel(self, detector: str) -> int:
+        for i in range(self._scan.channel_count):
+            if self._scan.get_channel_state(i).name.upper() == detector:
+                return i
+        raise MicroscopeError(f"the scan device has no {detector} channel")
+
+    def _camera_params(self, exposure_ms: float):
+        cfp = self._camera.get_current_frame_parameters()
+        cfp.exposure_ms = exposure_ms
+        cfp.binning = self._binning
+        cfp.processing = None
+        return cfp
+
+    def _fraction(self, pos: np.ndarray):
+        from nion.utils import Geometry
+
+        return Geometry.FloatPoint(
+            y=float(pos[0] / self._fov_A[0]), x=float(pos[1] / self._fov_A[1])
+        )
+
+    # --- the interface ---------------------------------------------------------------------------
+
+    def state(self) -> MicroscopeState:
+        inst = self._instrument
+        voltage = float(getattr(inst, "voltage", math.nan))
+        stage = getattr(inst, "stage_position_m", None)
+        stage_nm = (
+            (float(stage.y) * 1e9, float(stage.x) * 1e9, 0.0)
+            if stage is not None
+            else (0.0, 0.0, 0.0)
+        )
+        probe = getattr(inst, "probe_position", None)
+        probe_A = (
+            (float(probe.y) * self._fov_A[0], float(probe.x) * self._fov_A[1])
+            if probe is not None
+            else (math.nan, math.nan)
+        )
+        conv = getattr(inst, "GetVal", lambda *_: math.nan)("ConvergenceAngle")
+        try:
+            shape = tuple(int(s) for s in self._camera.get_expected_dimensions(self._binning))
+        except Exception:
+            shape = (0, 0)
+        return MicroscopeState(
+            instrument=f"Nion Swift: {type(inst).__module__}",
+            voltage_kV=voltage / 1e3,
+            convergence_mrad=float(conv) * 1e3 if conv == conv else math.nan,
+            defocus_A=float(getattr(inst, "defocus_m", math.nan)) * 1e10,
+            probe_A=probe_A,
+            fov_A=self._fov_A,
+            camera_shape=shape,
+            camera_mrad_per_px=math.nan,
+            stage_nm=stage_nm,
+            extra={
+                "camera": self._camera.hardware_source_id,
+                "scan": self._scan.hardware_source_id,
+            },
+        )
+
+    def survey(self, size=(256, 256), *, fov_A=None, dwell_us=2.0, detector="HAADF") -> SurveyImage:
+        ny, nx = check_shape(size, "size", 4096)
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+        dwell = check_positive(dwell_us, "dwell_us", 1e6)
+        fov = min(self._fov_A) if fov_A is None else check_positive(fov_A, "fov_A", 1e5)
+        from nion.utils import Geometry
+
+        with self._lock:
+            self._aborted.clear()
+            fp = self._scan.get_current_frame_parameters()
+            fp.pixel_size = Geometry.IntSize(ny, nx)
+            fp.fov_nm = fov / 10.0
+            fp.pixel_time_us = dwell
+            self._scan.set_enabled_channels([self._channel(detector)])
+            xdata = self._scan.record_immediate(fp)[0]
+            if self._aborted.is_set() or xdata is None:
+                raise MicroscopeError("survey aborted")
+            self._fov_A = (fov, fov)
+            return SurveyImage(
+                np.asarray(xdata.data, np.float32), (fov / ny, fov / nx), detector, dwell
+            )
+
+    def move_probe(self, position_A: Any) -> None:
+        pos = check_positions(position_A, self._fov_A, 1)
+        self._instrument.probe_position = self._fraction(pos[0])
+
+    def frames_at(self, positions_A: Any, *, exposure_ms: float = 1.0) -> np.ndarray:
+        pos = check_positions(positions_A, self._fov_A, 4096)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        with self._lock:
+            self._aborted.clear()
+            self._camera.set_current_frame_parameters(self._camera_params(exposure))
+            frames = []
+            try:
+                for p in pos:
+                    if self._aborted.is_set():
+                        raise MicroscopeError("acquisition aborted")
+                    self._instrument.probe_position = self._fraction(p)
+                    frames.append(
+                        np.asarray(self._camera.grab_next_to_finish()[0].data, np.float32)
+                    )
+            finally:
+                self._camera.stop_playing(sync_timeout=3.0)
+            return np.stack(frames)
+
+    def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
+        ny, nx = check_shape(size, "size", 1024)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        with self._lock:
+            self._aborted.clear()
+            self._instrument.probe_position = None
+            sfp = self._scan.get_current_frame_parameters()
+            from nion.utils import Geometry
+
+            sfp.scan_id = uuid.uuid4()
+            sfp.pixel_size = Geometry.IntSize(ny, nx)
+            sfp.fov_nm = min(self._fov_A) / 10.0
+            result = self._scan.grab_synchronized(
+                scan_frame_parameters=sfp,
+                camera=self._camera,
+                camera_frame_parameters=self._camera_params(exposure),
+            )
+            if self._aborted.is_set() or result is None:
+                raise MicroscopeError("4D scan aborted")
+            _, cams = result
+            data = np.ascontiguousarray(np.asarray(cams[0].data, np.float32))
+            cal = cams[0].dimensional_calibrations[-1]
+        if data.ndim != 4 or data.shape[:2] != (ny, nx):
+            raise MicroscopeError(
+                f"the camera returned {data.shape}, not a ({ny}, {nx}, ., .) scan"
+            )
+        step = min(self._fov_A) / max(ny, nx)
+        scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
+        state = self.state()
+        mrad_per_px = float(cal.scale) * scale
+        calibration = Calibration(
+            scan_step_A=(step, step),
+            det_mrad_per_px=mrad_per_px if mrad_per_px > 0 else 1.0,  # 1.0: the camera did not say
+            voltage_kV=state.voltage_kV,
+            convergence_mrad=state.convergence_mrad if state.convergence_mrad > 0 else 20.0,
+        )
+        return SimSource(data, calibration=calibration)
+
+    def abort(self) -> None:
+        self._aborted.set()
+        try:
+            self._scan.grab_synchronized_abort()
+        except Exception:
+            pass

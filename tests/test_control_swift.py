@@ -1,0 +1,90 @@
+"""SwiftMicroscope on Nion Swift's simulated instrument (nionswift-usim), headless: in process,
+and over Pyro5 from another process (stemedge serve --backend usim)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nionswift_plugin.usim")
+pytest.importorskip("Pyro5")
+
+from _helpers import subprocess_env
+from stemedge.analysis import CenterOfMassAnalysis
+from stemedge.control.certs import make_certificates
+from stemedge.pipeline import Pipeline
+
+pytestmark = pytest.mark.swift
+TOKEN = "stemedge-swift-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def usim():
+    from stemedge.control.swift import SwiftMicroscope, start_usim
+
+    cfg, stop = start_usim()
+    try:
+        yield SwiftMicroscope(cfg.instrument)
+    finally:
+        stop()
+
+
+def test_survey_probe_frames_and_4d_scan(usim):
+    state = usim.state()
+    assert state.voltage_kV == pytest.approx(100.0) and state.camera_shape == (256, 256)
+    s = usim.survey((64, 64), fov_A=500.0)
+    assert s.image.shape == (64, 64) and s.pixel_A == pytest.approx((500 / 64, 500 / 64))
+    assert float(s.image.std()) > 0
+    usim.move_probe((100.0, 200.0))
+    assert usim.state().probe_A == pytest.approx((100.0, 200.0))
+    frames = usim.frames_at([[100.0, 200.0], [400.0, 50.0]], exposure_ms=2.0)
+    assert frames.shape == (2, 256, 256) and frames.sum() > 0
+    src = usim.scan_4d((4, 4), exposure_ms=2.0)
+    res = Pipeline(src, [CenterOfMassAnalysis(nthreads=1)], workers=1).run()
+    assert res.complete and res.counters.frames_processed == 16
+    assert src.geometry.calibration.voltage_kV == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="outside the field of view"):
+        usim.move_probe((600.0, 0.0))
+
+
+def test_remote_client_drives_usim_from_another_process(tmp_path):
+    from stemedge.control.remote import RemoteMicroscope
+
+    certs = make_certificates(tmp_path / "tls")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stemedge",
+            "serve",
+            "--backend",
+            "usim",
+            "--certs",
+            str(certs.directory),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**subprocess_env(), "STEMEDGE_TOKEN": TOKEN},
+        cwd=tmp_path,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "PYRO:" in line, proc.stderr.read()
+        remote = RemoteMicroscope(line.split("stemedge serve: ")[1].strip(), certs, token=TOKEN)
+        s = remote.survey((32, 32), fov_A=500.0)
+        assert s.image.shape == (32, 32)
+        assert remote.frames_at([[10.0, 10.0]], exposure_ms=2.0).shape == (1, 256, 256)
+        res = Pipeline(
+            remote.scan_4d((4, 4), exposure_ms=2.0), [CenterOfMassAnalysis(nthreads=1)]
+        ).run()
+        assert res.complete and np.isfinite(res.results["com"]["shifts_px"]).all()
+        remote.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+        proc.stderr.close()
