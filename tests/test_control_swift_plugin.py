@@ -1,0 +1,90 @@
+"""The Swift plugin as Swift's own plugin loader loads it: a headless Swift application (no Qt)
+with nionswift-usim; the plugin serves over Pyro5 + TLS and a client in another process drives
+the simulated instrument; Swift's shutdown stops the server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("nionswift_plugin.usim")
+pytest.importorskip("Pyro5")
+
+from _helpers import subprocess_env
+from stemedge.control.certs import make_certificates
+
+pytestmark = pytest.mark.swift
+TOKEN = "stemedge-plugin-token-0123456789"
+
+SWIFT_APP = textwrap.dedent(
+    """
+    import pathlib, sys, tempfile, time
+    from nion.ui import TestUI
+    from nion.swift import Application, Facade
+    from nion.swift.test import TestContext
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="swift_"))
+    for d in ("data", "docs", "config"):
+        (tmp / d).mkdir()
+
+    class UI(TestUI.UserInterface):
+        proxy = None
+        def get_data_location(self): return str(tmp / "data")
+        def get_document_location(self): return str(tmp / "docs")
+        def get_configuration_location(self): return tmp / "config"
+
+    Facade.initialize()
+    app = Application.Application(UI(), set_global=True)
+    app.initialize(load_plug_ins=True, use_root_dir=False)   # Swift's own plugin loader
+    ctx = TestContext.MemoryProfileContext()
+    dm = ctx.create_document_model(auto_close=False)
+    dc = app.create_document_controller(dm, "library")
+    print("swift up", flush=True)
+    while sys.stdin.readline().strip() != "quit":   # the test says when to shut down
+        dc.periodic()
+    dc.close()
+    app.deinitialize()   # unloads plugins: the extension's close() stops the server
+    print("swift closed", flush=True)
+    """
+)
+
+
+def test_plugin_serves_usim_from_inside_swift(tmp_path):
+    from stemedge.control.remote import RemoteMicroscope
+
+    certs = make_certificates(tmp_path / "tls")
+    env = {**subprocess_env(), "STEMEDGE_TOKEN": TOKEN, "STEMEDGE_CERTS": str(certs.directory)}
+    swift = subprocess.Popen(
+        [sys.executable, "-c", SWIFT_APP],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert swift.stdout.readline().strip() == "swift up", swift.stderr.read()
+        uri_file = certs.directory / "uri.txt"
+        deadline = time.monotonic() + 60
+        while not uri_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert uri_file.exists(), "the plugin did not start serving"
+        remote = RemoteMicroscope(uri_file.read_text().strip(), certs, token=TOKEN)
+        assert remote.state().voltage_kV > 0
+        assert remote.survey((32, 32), fov_A=500.0).image.shape == (32, 32)
+        assert remote.frames_at([[100.0, 100.0]], exposure_ms=2.0).shape[0] == 1
+        remote.close()
+        swift.stdin.write("quit\n")
+        swift.stdin.flush()
+        assert swift.stdout.readline().strip() == "swift closed"
+        assert swift.wait(timeout=60) == 0
+    finally:
+        if swift.poll() is None:
+            swift.kill()
+        for f in (swift.stdin, swift.stdout, swift.stderr):
+            f.close()
