@@ -148,3 +148,26 @@ def test_only_clients_with_certificate_and_token_get_in(server, tmp_path, mode):
         # plain TCP meets a TLS socket: the connection closes before any call
         words = ("SecurityError", "SSL", "CommunicationError", "ConnectionClosedError", "refused")
         assert any(w in run.stderr for w in words), run.stderr[-500:]
+
+
+def test_abort_reaches_a_long_remote_acquisition(remote):
+    """The server is threaded: abort on its own connection stops a call that is running."""
+    import threading
+
+    errors = []
+
+    def long_call():
+        try:
+            remote.frames_at(np.tile([[5.0, 5.0]], (6000, 1)))
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=long_call)
+    t.start()
+    import time
+
+    time.sleep(0.3)
+    remote.abort()
+    t.join(timeout=60)
+    assert errors and "aborted" in str(errors[0])
+    assert remote.frames_at([[1.0, 1.0]]).shape == (1, 64, 64)  # the next call works

@@ -166,10 +166,27 @@ class MicroscopeService:
         self._scope.abort()
 
 
+def _register_errors() -> None:
+    """MicroscopeError crosses the wire as itself (Pyro5 refuses unknown classes otherwise)."""
+    import Pyro5.api
+
+    from stemedge.control.microscope import MicroscopeError
+
+    name = f"{MicroscopeError.__module__}.{MicroscopeError.__name__}"
+    Pyro5.api.register_class_to_dict(
+        MicroscopeError, lambda e: {"__class__": name, "message": str(e)}
+    )
+    Pyro5.api.register_dict_to_class(
+        name, lambda _cls, d: MicroscopeError(str(d.get("message", "")))
+    )
+
+
 def configure_tls(certs: CertificatePaths, *, server: bool) -> None:
     """Pyro5's process-wide TLS settings: mutual TLS with this CA (clients need a certificate)."""
     import Pyro5
     import Pyro5.socketutil
+
+    _register_errors()
 
     cfg = Pyro5.config
     # Pyro5 builds its TLS context once per process and caches it: drop the cached one, so a
