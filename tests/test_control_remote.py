@@ -83,6 +83,18 @@ def test_remote_4d_scan_through_the_pipeline(remote):
     np.testing.assert_array_equal(res.results["com"]["shifts_px"], ref.results["com"]["shifts_px"])
 
 
+def test_remote_spectrum_image_equals_in_process(remote):
+    remote.survey((64, 64), fov_A=20.8)
+    cube, energy = remote.spectrum_image((6, 5))
+    local = SimulatedMicroscope(dose_per_ms=None)
+    local.survey((64, 64), fov_A=20.8)
+    ref_cube, ref_energy = local.spectrum_image((6, 5))
+    np.testing.assert_array_equal(cube, ref_cube)
+    np.testing.assert_array_equal(energy, ref_energy)
+    with pytest.raises(ValueError, match="exposure_ms"):
+        remote.spectrum_image((2, 2), exposure_ms=-1.0)
+
+
 def test_bad_arguments_and_disallowed_operations_are_refused(remote):
     with pytest.raises(ValueError, match="outside the field of view"):
         remote.move_probe((1e6, 0.0))

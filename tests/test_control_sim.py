@@ -74,6 +74,25 @@ def test_a_4d_scan_streams_through_the_pipeline(scope):
     assert np.isfinite(shifts).all() and np.abs(shifts).max() > 1e-3
 
 
+def test_spectrum_image_maps_the_dopant_edge(scope):
+    scope.survey((96, 96))
+    cube, energy = scope.spectrum_image((24, 24))
+    assert cube.shape == (24, 24, energy.size) and cube.dtype == np.float32
+    assert np.all(np.diff(energy) > 0) and energy[0] < 284 and energy[-1] > 532
+    np.testing.assert_allclose(cube.sum(axis=-1), 1.0, rtol=1e-5)  # noise-free: normalised
+    above, below = np.searchsorted(energy, 532.0), np.searchsorted(energy, 532.0) - 1
+    jump = cube[..., above] - cube[..., below] * (energy[below] / energy[above]) ** 3
+    # the jump map peaks where the dopants sit (survey-pixel units: 4 simulator pixels)
+    pix = np.rint(scope.sample.positions_A / (4 * 0.26)).astype(int) % 24
+    at = jump[pix[:, 0], pix[:, 1]]
+    kinds = scope.sample.kinds
+    assert at[kinds == "dopant"].mean() > 3 * max(at[kinds == "host"].mean(), 1e-12)
+    counted = SimulatedMicroscope(scope.sample, dose_per_ms=1e3)
+    counted.survey((96, 96))
+    c, _ = counted.spectrum_image((4, 4), exposure_ms=2.0)
+    assert abs(c.sum(axis=-1).mean() / 2e3 - 1) < 0.02
+
+
 def test_abort_stops_a_scan_and_an_acquisition_says_so():
     m = SimulatedMicroscope(lattice((64, 64), 0.26, seed=0), dose_per_ms=None, frame_rate=500.0)
     pipe = Pipeline(

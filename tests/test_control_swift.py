@@ -46,6 +46,9 @@ def test_survey_probe_frames_and_4d_scan(usim):
     res = Pipeline(src, [CenterOfMassAnalysis(nthreads=1)], workers=1).run()
     assert res.complete and res.counters.frames_processed == 16
     assert src.geometry.calibration.voltage_kV == pytest.approx(100.0)
+    cube, energy = usim.spectrum_image((3, 4), exposure_ms=1.0)
+    assert cube.shape == (3, 4, energy.size) and energy.size > 100 and cube.sum() > 0
+    assert np.all(np.diff(energy) > 0)
     with pytest.raises(ValueError, match="outside the field of view"):
         usim.move_probe((600.0, 0.0))
 

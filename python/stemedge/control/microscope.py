@@ -106,7 +106,8 @@ def check_positions(positions: Any, fov_A: tuple[float, float], maximum: int) ->
 
 
 class Microscope(abc.ABC):
-    """What stemedge needs from a STEM: survey, probe, frames, 4D scans, state, abort."""
+    """What stemedge needs from a STEM: survey, probe, frames, 4D scans, spectrum images, state,
+    abort."""
 
     @abc.abstractmethod
     def state(self) -> MicroscopeState:
@@ -136,6 +137,13 @@ class Microscope(abc.ABC):
     def scan_4d(self, size: tuple[int, int], *, exposure_ms: float = 1.0) -> Source:
         """A 4D scan of ``size`` positions over the current field of view, as a data-plane
         :class:`~stemedge.sources.base.Source` (stream it with a Pipeline)."""
+
+    @abc.abstractmethod
+    def spectrum_image(
+        self, size: tuple[int, int], *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An EELS spectrum image over the current field of view: ``(cube (ny, nx, channels)
+        float32, energy_eV (channels,))``."""
 
     @abc.abstractmethod
     def abort(self) -> None:

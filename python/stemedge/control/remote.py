@@ -85,6 +85,10 @@ class RemoteMicroscope(Microscope):
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         return _RemoteScan(self, (int(size[0]), int(size[1])), float(exposure_ms))
 
+    def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        d = self._call("spectrum_image", [int(size[0]), int(size[1])], float(exposure_ms))
+        return unpack(d["cube"]), unpack(d["energy_eV"])
+
     def abort(self) -> None:
         import Pyro5.api
 

@@ -162,6 +162,12 @@ class MicroscopeService:
             return None
         return {"frames": pack(np.concatenate(frames)), "indices": pack(np.concatenate(indices))}
 
+    def spectrum_image(self, size: Any, exposure_ms: Any) -> dict[str, Any]:
+        cube, energy = self._scope.spectrum_image(
+            _size(size), exposure_ms=_number(exposure_ms, "exposure_ms")
+        )
+        return {"cube": pack(cube), "energy_eV": pack(energy)}
+
     def abort(self) -> None:
         self._scope.abort()
 

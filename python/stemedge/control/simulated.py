@@ -236,6 +236,41 @@ class SimulatedMicroscope(Microscope):
         step_px = max(1, round(min(self._fov_A) / max(ny, nx) / self.sample.pixel_A))
         return _ScanSource(self, (ny, nx), step_px, exposure)
 
+    def spectrum_image(
+        self, size: tuple[int, int], *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """EELS model: a power-law background (E⁻³), the host's edge at 284 eV and a dopant edge
+        at 532 eV whose jump follows the dopants under the probe (Gaussian of the probe width);
+        Poisson counts at ``dose_per_ms · exposure_ms`` electrons (None: noise-free)."""
+        ny, nx = check_shape(size, "size", 1024)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        with self._lock:
+            self._start()
+            energy = np.linspace(200.0, 712.0, 512)
+            fov = min(self._fov_A)
+            pixel = (fov / ny, fov / nx)
+            sigma = 0.43 * wavelength_A(self.voltage_kV) / (self.convergence_mrad * 1e-3)
+            dopant = np.where(self.sample.kinds == "dopant", 1.0, 0.0)
+            host = 1.0 - dopant
+            d_map = _render_adf(
+                (ny, nx), pixel, self.sample.positions_A, dopant, sigma, self.extent_A
+            )
+            h_map = _render_adf(
+                (ny, nx), pixel, self.sample.positions_A, host, sigma, self.extent_A
+            )
+            background = (energy / 200.0) ** -3.0
+            edge = lambda e0: np.where(energy >= e0, (energy / e0) ** -2.5, 0.0)  # noqa: E731
+            cube = (
+                background[None, None, :]
+                + 0.05 * h_map[..., None] * edge(284.0)[None, None, :]
+                + 0.05 * d_map[..., None] * edge(532.0)[None, None, :]
+            )
+            cube *= 1.0 / cube.sum(axis=-1, keepdims=True)
+            self._check_abort()
+            if self.dose_per_ms is not None:
+                cube = self._rng.poisson(cube * self.dose_per_ms * exposure)
+            return cube.astype(np.float32), energy.astype(np.float32)
+
     def abort(self) -> None:
         self._abort.set()
 

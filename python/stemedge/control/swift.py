@@ -66,14 +66,21 @@ class SwiftMicroscope(Microscope):
     ----------
     instrument : STEM controller
         nionswift-instrumentation's ``stem_controller`` (e.g. ``start_usim()[0].instrument``).
-    scan, camera : hardware sources
-        The scan device and the ronchigram camera; default: found by their usim ids.
+    scan, camera, eels : hardware sources
+        The scan device, the ronchigram camera and the EELS camera (optional: only spectrum
+        images need it); default: found by their usim ids.
     binning : int
         Camera binning for frames and 4D scans.
     """
 
     def __init__(
-        self, instrument: Any, scan: Any = None, camera: Any = None, *, binning: int = 8
+        self,
+        instrument: Any,
+        scan: Any = None,
+        camera: Any = None,
+        eels: Any = None,
+        *,
+        binning: int = 8,
     ) -> None:
         from nion.instrumentation import HardwareSource
 
@@ -83,6 +90,7 @@ class SwiftMicroscope(Microscope):
         self._camera = camera or hsm.get_hardware_source_for_hardware_source_id(
             "usim_ronchigram_camera"
         )
+        self._eels = eels or hsm.get_hardware_source_for_hardware_source_id("usim_eels_camera")
         if self._scan is None or self._camera is None:
             raise MicroscopeError("no scan device or ronchigram camera is registered")
         self._binning = int(binning)
@@ -233,6 +241,34 @@ class SwiftMicroscope(Microscope):
             convergence_mrad=state.convergence_mrad if state.convergence_mrad > 0 else 20.0,
         )
         return SimSource(data, calibration=calibration)
+
+    def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        ny, nx = check_shape(size, "size", 1024)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        if self._eels is None:
+            raise MicroscopeError("no EELS camera is registered")
+        from nion.utils import Geometry
+
+        with self._lock:
+            self._aborted.clear()
+            self._instrument.probe_position = None
+            sfp = self._scan.get_current_frame_parameters()
+            sfp.scan_id = uuid.uuid4()
+            sfp.pixel_size = Geometry.IntSize(ny, nx)
+            sfp.fov_nm = min(self._fov_A) / 10.0
+            efp = self._eels.get_current_frame_parameters()
+            efp.exposure_ms = exposure
+            efp.processing = "sum_project"
+            result = self._scan.grab_synchronized(
+                scan_frame_parameters=sfp, camera=self._eels, camera_frame_parameters=efp
+            )
+            if self._aborted.is_set() or result is None:
+                raise MicroscopeError("spectrum image aborted")
+            xdata = result[1][0]
+        cube = np.ascontiguousarray(np.asarray(xdata.data, np.float32))
+        cal = xdata.dimensional_calibrations[-1]
+        energy = (cal.offset + cal.scale * np.arange(cube.shape[-1])).astype(np.float32)
+        return cube, energy
 
     def abort(self) -> None:
         self._aborted.set()
