@@ -93,6 +93,17 @@ def test_spectrum_image_maps_the_dopant_edge(scope):
     assert abs(c.sum(axis=-1).mean() / 2e3 - 1) < 0.02
 
 
+def test_show_keeps_results_for_the_operator():
+    m = SimulatedMicroscope(lattice((32, 32), 0.26, seed=0))
+    m.show("phase", np.ones((4, 5)), pixel_A=(0.5, 0.5))
+    assert m.shown["phase"].shape == (4, 5)
+    for bad in (np.ones((2, 2, 2)), np.array([], np.float32), np.ones(3, complex)):
+        with pytest.raises(ValueError, match="1D or 2D"):
+            m.show("x", bad)
+    with pytest.raises(ValueError, match="title"):
+        m.show("", np.ones(3))
+
+
 def test_abort_stops_a_scan_and_an_acquisition_says_so():
     m = SimulatedMicroscope(lattice((64, 64), 0.26, seed=0), dose_per_ms=None, frame_rate=500.0)
     pipe = Pipeline(

@@ -14,6 +14,7 @@ pytest.importorskip("Pyro5")
 
 from _helpers import subprocess_env
 from stemedge.analysis import CenterOfMassAnalysis
+from stemedge.control import MicroscopeError
 from stemedge.control.certs import make_certificates
 from stemedge.pipeline import Pipeline
 
@@ -45,6 +46,19 @@ def test_survey_probe_frames_and_4d_scan(usim):
     src = usim.scan_4d((4, 4), exposure_ms=2.0)
     res = Pipeline(src, [CenterOfMassAnalysis(nthreads=1)], workers=1).run()
     assert res.complete and res.counters.frames_processed == 16
+    # frames stream while Swift acquires: the first row arrives with the scan still running
+    chunks = src.chunks(64)
+    first = next(chunks)
+    assert usim._lock.locked() and first.indices.tolist() == [0, 1, 2, 3]
+    rest = np.concatenate([c.indices for c in chunks])
+    assert rest.tolist() == list(range(4, 16)) and not usim._lock.locked()
+    # abort during the streamed scan stops Swift's acquisition and says so
+    chunks = usim.scan_4d((6, 4), exposure_ms=2.0).chunks(64)
+    next(chunks)
+    usim.abort()
+    with pytest.raises(MicroscopeError, match="abort"):
+        list(chunks)
+    assert usim.frames_at([[10.0, 10.0]], exposure_ms=2.0).shape == (1, 256, 256)
     assert src.geometry.calibration.voltage_kV == pytest.approx(100.0)
     cube, energy = usim.spectrum_image((3, 4), exposure_ms=1.0)
     assert cube.shape == (3, 4, energy.size) and energy.size > 100 and cube.sum() > 0
@@ -64,7 +78,7 @@ def test_remote_client_drives_usim_from_another_process(tmp_path):
             "stemedge",
             "serve",
             "--backend",
-            "usim",
+            "swift",
             "--certs",
             str(certs.directory),
         ],

@@ -4,25 +4,29 @@ the simulated instrument; Swift's shutdown stops the server."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("nionswift_plugin.usim")
 pytest.importorskip("Pyro5")
 
 from _helpers import subprocess_env
+from stemedge.analysis import CenterOfMassAnalysis
 from stemedge.control.certs import make_certificates
+from stemedge.pipeline import Pipeline
 
 pytestmark = pytest.mark.swift
 TOKEN = "stemedge-plugin-token-0123456789"
 
 SWIFT_APP = textwrap.dedent(
     """
-    import pathlib, sys, tempfile, time
+    import json, pathlib, queue, sys, tempfile, threading, time
     from nion.ui import TestUI
     from nion.swift import Application, Facade
     from nion.swift.test import TestContext
@@ -44,8 +48,29 @@ SWIFT_APP = textwrap.dedent(
     dm = ctx.create_document_model(auto_close=False)
     dc = app.create_document_controller(dm, "library")
     print("swift up", flush=True)
-    while sys.stdin.readline().strip() != "quit":   # the test says when to shut down
+    commands = queue.Queue()
+    reader = lambda: [commands.put(line.strip()) for line in sys.stdin]
+    threading.Thread(target=reader, daemon=True).start()
+    while True:   # Swift's UI loop: periodic() runs the queued tasks; the test says when to stop
         dc.periodic()
+        try:
+            command = commands.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        if command == "quit":
+            break
+        if command == "items":   # what the document holds, for the test to check
+            items = [
+                {
+                    "title": d.title,
+                    "shape": list(d.xdata.data.shape),
+                    "sum": float(d.xdata.data.sum()),
+                    "scale": [c.scale for c in d.xdata.dimensional_calibrations],
+                    "units": [c.units for c in d.xdata.dimensional_calibrations],
+                }
+                for d in dm.data_items
+            ]
+            print(json.dumps(items), flush=True)
     dc.close()
     app.deinitialize()   # unloads plugins: the extension's close() stops the server
     print("swift closed", flush=True)
@@ -78,6 +103,23 @@ def test_plugin_serves_usim_from_inside_swift(tmp_path):
         assert remote.state().voltage_kV > 0
         assert remote.survey((32, 32), fov_A=500.0).image.shape == (32, 32)
         assert remote.frames_at([[100.0, 100.0]], exposure_ms=2.0).shape[0] == 1
+        res = Pipeline(
+            remote.scan_4d((3, 4), exposure_ms=2.0), [CenterOfMassAnalysis(nthreads=1)]
+        ).run()
+        assert res.complete and res.counters.frames_processed == 12
+        cube, energy = remote.spectrum_image((2, 3), exposure_ms=1.0)
+        assert cube.shape == (2, 3, energy.size) and cube.sum() > 0
+        # a result goes into Swift's document through its task queue
+        phase = np.arange(12, dtype=np.float32).reshape(3, 4)
+        remote.show("stemedge phase", phase, pixel_A=(2.5, 2.5))
+        with pytest.raises(ValueError, match="1D or 2D"):
+            remote.show("cube", cube)
+        swift.stdin.write("items\n")
+        swift.stdin.flush()
+        items = [i for i in json.loads(swift.stdout.readline()) if i["title"] == "stemedge phase"]
+        assert len(items) == 1  # (Swift files its own acquisitions beside it)
+        assert items[0]["shape"] == [3, 4] and items[0]["sum"] == float(phase.sum())
+        assert items[0]["scale"] == [0.25, 0.25] and items[0]["units"] == ["nm", "nm"]
         remote.close()
         swift.stdin.write("quit\n")
         swift.stdin.flush()

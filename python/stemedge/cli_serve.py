@@ -23,10 +23,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=("sim", "usim"),
+        choices=("sim", "swift", "usim"),
         default="sim",
-        help="sim: stemedge's simulator; usim: Nion Swift's simulated instrument, headless "
-        "(pip install nionswift-usim)",
+        help="sim: stemedge's simulator; swift (or usim): Nion Swift's instrumentation headless "
+        "on its simulated instrument (pip install 'stemedge[swift]'). On the microscope PC, the "
+        "Swift plugin serves the real instrument from inside Swift instead.",
     )
     p.add_argument("--certs", required=True, metavar="DIR", help="ca.pem, server.pem, server.key")
     p.add_argument(
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ValueError(f"{path} is missing; create the certificates with --make-certs")
     stop = None
-    if args.backend == "usim":
+    if args.backend in ("swift", "usim"):
         from stemedge.control.swift import SwiftMicroscope, start_usim
 
         cfg, stop = start_usim()

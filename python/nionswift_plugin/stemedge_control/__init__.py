@@ -9,9 +9,10 @@ when configured, through the environment of the Swift process:
 - ``STEMEDGE_HOST`` / ``STEMEDGE_PORT``: where to listen (default 127.0.0.1, any free port).
 
 Once Swift has registered its STEM controller, scan device and ronchigram camera, the daemon
-runs on a background thread. Acquisitions run on Pyro5's threads; they touch no document. The
-URI goes to Swift's log and to ``$STEMEDGE_CERTS/uri.txt``. ``close()`` (Swift's shutdown) stops
-the daemon.
+runs on a background thread. Acquisitions run on Pyro5's threads and touch no document; results a
+client shows (``RemoteMicroscope.show``) become data items through Swift's task queue, on Swift's
+UI thread, and the call returns once the item exists. The URI goes to Swift's log and to
+``$STEMEDGE_CERTS/uri.txt``. ``close()`` (Swift's shutdown) stops the daemon.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class StemedgeControlExtension:
     extension_id = "stemedge.control"
 
     def __init__(self, api_broker) -> None:
+        self._api = api_broker.get_api(version="~1.0")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.uri: str | None = None
@@ -56,6 +58,34 @@ class StemedgeControlExtension:
             time.sleep(0.1)
         return None
 
+    def _display(self, title: str, data, pixel_A) -> None:
+        """Runs on a Pyro5 thread: the document is changed on Swift's thread, and we wait."""
+        from stemedge.control.microscope import MicroscopeError
+
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def task() -> None:
+            try:
+                windows = self._api.application.document_windows
+                if not windows:
+                    raise MicroscopeError("Swift has no document window to show results in")
+                item = windows[0].library.create_data_item_from_data(data.copy(), title)
+                if pixel_A is not None and data.ndim == 2:
+                    item.set_dimensional_calibrations(
+                        [self._api.create_calibration(0.0, p / 10.0, "nm") for p in pixel_A]
+                    )
+            except BaseException as e:  # handed to the caller, not lost in Swift's log
+                failure.append(e)
+            finally:
+                done.set()
+
+        self._api.queue_task(task)
+        if not done.wait(30.0):
+            raise MicroscopeError("Swift did not run the display task within 30 s")
+        if failure:
+            raise MicroscopeError(f"Swift refused the data item: {failure[0]}")
+
     def _run(self) -> None:
         from stemedge.control.certs import CertificatePaths
         from stemedge.control.server import serve
@@ -75,7 +105,13 @@ class StemedgeControlExtension:
 
         try:
             serve(
-                SwiftMicroscope(inst, scan, camera),
+                SwiftMicroscope(
+                    inst,
+                    scan,
+                    camera,
+                    getattr(inst, "eels_camera", None),
+                    display=self._display,
+                ),
                 certs,
                 self._token,
                 host=os.environ.get("STEMEDGE_HOST", "127.0.0.1"),

@@ -84,6 +84,18 @@ def check_shape(value: Any, name: str, maximum: int) -> tuple[int, int]:
     return ny, nx
 
 
+def check_display(title: Any, data: Any, max_bytes: int = 256 * 2**20) -> tuple[str, np.ndarray]:
+    """A title and a 1D/2D real array fit to show, or a clear error."""
+    if not isinstance(title, str) or not 0 < len(title) <= 200:
+        raise ValueError("title must be a string of 1 to 200 characters")
+    a = np.asarray(data)
+    if a.dtype.kind not in "biuf" or a.ndim not in (1, 2) or a.size == 0:
+        raise ValueError(f"can show a non-empty 1D or 2D real array, got {a.dtype} {a.shape}")
+    if a.nbytes > max_bytes:
+        raise ValueError(f"{a.nbytes} bytes is more than the {max_bytes} a display takes")
+    return title, a
+
+
 def check_positions(positions: Any, fov_A: tuple[float, float], maximum: int) -> np.ndarray:
     """(n, 2) float64 positions inside the field of view [0, fov) or a clear error."""
     pos = np.asarray(positions, dtype=np.float64)
@@ -144,6 +156,11 @@ class Microscope(abc.ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """An EELS spectrum image over the current field of view: ``(cube (ny, nx, channels)
         float32, energy_eV (channels,))``."""
+
+    def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
+        """Show a result (a 1D or 2D array, e.g. a phase map) to the operator at the
+        instrument: Swift puts it in its document as a data item."""
+        raise MicroscopeError(f"{type(self).__name__} has no display to show results on")
 
     @abc.abstractmethod
     def abort(self) -> None:

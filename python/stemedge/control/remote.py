@@ -89,6 +89,10 @@ class RemoteMicroscope(Microscope):
         d = self._call("spectrum_image", [int(size[0]), int(size[1])], float(exposure_ms))
         return unpack(d["cube"]), unpack(d["energy_eV"])
 
+    def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
+        pixel = None if pixel_A is None else [float(pixel_A[0]), float(pixel_A[1])]
+        self._call("show", title, pack(np.asarray(data)), pixel)
+
     def abort(self) -> None:
         import Pyro5.api
 

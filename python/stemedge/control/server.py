@@ -168,6 +168,10 @@ class MicroscopeService:
         )
         return {"cube": pack(cube), "energy_eV": pack(energy)}
 
+    def show(self, title: Any, data: Any, pixel_A: Any) -> None:
+        pixel = None if pixel_A is None else _pair(pixel_A, "pixel_A")
+        self._scope.show(title, unpack(data), pixel_A=pixel)
+
     def abort(self) -> None:
         self._scope.abort()
 

@@ -28,6 +28,7 @@ from stemedge.control.microscope import (
     MicroscopeError,
     MicroscopeState,
     SurveyImage,
+    check_display,
     check_positions,
     check_positive,
     check_shape,
@@ -112,6 +113,8 @@ class SimulatedMicroscope(Microscope):
         self._probe_A = (0.0, 0.0)
         self._abort = threading.Event()
         self._lock = threading.Lock()  # one acquisition at a time
+        #: What :meth:`show` was given, by title (the simulated operator's screen; last 16).
+        self.shown: dict[str, np.ndarray] = {}
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -270,6 +273,13 @@ class SimulatedMicroscope(Microscope):
             if self.dose_per_ms is not None:
                 cube = self._rng.poisson(cube * self.dose_per_ms * exposure)
             return cube.astype(np.float32), energy.astype(np.float32)
+
+    def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
+        title, a = check_display(title, data)
+        self.shown.pop(title, None)
+        self.shown[title] = a.copy()
+        while len(self.shown) > 16:
+            self.shown.pop(next(iter(self.shown)))
 
     def abort(self) -> None:
         self._abort.set()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import pathlib
+import queue
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,12 +29,13 @@ from stemedge.control.microscope import (
     MicroscopeError,
     MicroscopeState,
     SurveyImage,
+    check_display,
     check_positions,
     check_positive,
     check_shape,
 )
-from stemedge.sources.base import Source
-from stemedge.sources.sim import SimSource
+from stemedge.geometry import ScanGeometry
+from stemedge.sources.base import Chunk, Source
 
 __all__ = ["SwiftMicroscope", "start_usim"]
 
@@ -71,6 +74,13 @@ class SwiftMicroscope(Microscope):
         images need it); default: found by their usim ids.
     binning : int
         Camera binning for frames and 4D scans.
+    section_rows : int
+        Scan rows per synchronized section: 4D frames reach the data plane a section at a time
+        while the scan runs (1 row: first frames after 0.8 s instead of 2.9 s for an 8×8 scan on
+        usim, same total time).
+    display : callable, optional
+        ``display(title, array, pixel_A)`` puts a result in Swift's document; the plugin gives
+        one that goes through Swift's task queue. Without it :meth:`show` refuses.
     """
 
     def __init__(
@@ -81,6 +91,8 @@ class SwiftMicroscope(Microscope):
         eels: Any = None,
         *,
         binning: int = 8,
+        section_rows: int = 1,
+        display: Callable[[str, np.ndarray, tuple[float, float] | None], None] | None = None,
     ) -> None:
         from nion.instrumentation import HardwareSource
 
@@ -94,6 +106,10 @@ class SwiftMicroscope(Microscope):
         if self._scan is None or self._camera is None:
             raise MicroscopeError("no scan device or ronchigram camera is registered")
         self._binning = int(binning)
+        self._display = display
+        if not 1 <= int(section_rows) <= 1024:
+            raise ValueError(f"section_rows must be in [1, 1024], got {section_rows!r}")
+        self.section_rows = int(section_rows)
         self._fov_A = (500.0, 500.0)
         self._lock = threading.Lock()
         self._aborted = threading.Event()
@@ -205,31 +221,21 @@ class SwiftMicroscope(Microscope):
             return np.stack(frames)
 
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
+        """A synchronized 4D scan that streams while Swift acquires: frames reach the data
+        plane as the camera delivers them, not when the scan ends."""
         ny, nx = check_shape(size, "size", 1024)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
-        with self._lock:
-            self._aborted.clear()
-            self._instrument.probe_position = None
-            sfp = self._scan.get_current_frame_parameters()
-            from nion.utils import Geometry
+        from nion.utils import Geometry
 
-            sfp.scan_id = uuid.uuid4()
-            sfp.pixel_size = Geometry.IntSize(ny, nx)
-            sfp.fov_nm = min(self._fov_A) / 10.0
-            result = self._scan.grab_synchronized(
-                scan_frame_parameters=sfp,
-                camera=self._camera,
-                camera_frame_parameters=self._camera_params(exposure),
-            )
-            if self._aborted.is_set() or result is None:
-                raise MicroscopeError("4D scan aborted")
-            _, cams = result
-            data = np.ascontiguousarray(np.asarray(cams[0].data, np.float32))
-            cal = cams[0].dimensional_calibrations[-1]
-        if data.ndim != 4 or data.shape[:2] != (ny, nx):
-            raise MicroscopeError(
-                f"the camera returned {data.shape}, not a ({ny}, {nx}, ., .) scan"
-            )
+        sfp = self._scan.get_current_frame_parameters()
+        sfp.scan_id = uuid.uuid4()
+        sfp.pixel_size = Geometry.IntSize(ny, nx)
+        sfp.fov_nm = min(self._fov_A) / 10.0
+        cfp = self._camera_params(exposure)
+        info = self._scan.grab_synchronized_get_info(
+            scan_frame_parameters=sfp, camera=self._camera, camera_frame_parameters=cfp
+        )
+        cal = info.data_calibrations[-1]
         step = min(self._fov_A) / max(ny, nx)
         scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
         state = self.state()
@@ -240,7 +246,9 @@ class SwiftMicroscope(Microscope):
             voltage_kV=state.voltage_kV,
             convergence_mrad=state.convergence_mrad if state.convergence_mrad > 0 else 20.0,
         )
-        return SimSource(data, calibration=calibration)
+        frame_shape = tuple(int(v) for v in info.camera_readout_size_squeezed)
+        geometry = ScanGeometry((ny, nx), frame_shape, np.dtype(np.float32), calibration)
+        return _SwiftScan(self, sfp, cfp, geometry)
 
     def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         ny, nx = check_shape(size, "size", 1024)
@@ -270,9 +278,104 @@ class SwiftMicroscope(Microscope):
         energy = (cal.offset + cal.scale * np.arange(cube.shape[-1])).astype(np.float32)
         return cube, energy
 
+    def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
+        title, a = check_display(title, data)
+        if self._display is None:
+            raise MicroscopeError("no Swift document to show results in (headless instrument)")
+        self._display(title, a, pixel_A)
+
     def abort(self) -> None:
         self._aborted.set()
         try:
             self._scan.grab_synchronized_abort()
         except Exception:
             pass
+
+
+class _SwiftScan(Source):
+    """A synchronized scan run on a thread; the camera's partial data is cut into whole frames
+    as it arrives (a Swift data channel) and handed to :meth:`chunks` through a queue."""
+
+    def __init__(self, scope: SwiftMicroscope, sfp: Any, cfp: Any, geometry: ScanGeometry):
+        self._scope, self._sfp, self._cfp = scope, sfp, cfp
+        self.geometry = geometry
+        self._section_height = scope.section_rows
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "SwiftMicroscope.scan_4d",
+            "scan_shape": list(self.geometry.scan_shape),
+            "exposure_ms": float(self._cfp.exposure_ms),
+            "camera": self._scope._camera.hardware_source_id,
+        }
+
+    def _channel(self, out: queue.Queue):
+        from nion.instrumentation import Acquisition
+
+        camera_id = self._scope._camera.hardware_source_id
+        frame_elems = math.prod(self.geometry.frame_shape)
+
+        class StreamingChannel(Acquisition.DataAndMetadataDataChannel):
+            sent = 0  # frames handed on so far
+
+            def update_data(self, channel, source_data, source_slice, dest_slice, data_metadata):
+                super().update_data(channel, source_data, source_slice, dest_slice, data_metadata)
+                if channel.segments[0] != camera_id:
+                    return
+                done = int(dest_slice.stop) // frame_elems
+                if done > self.sent:
+                    flat = np.asarray(self.get_data(channel).data).reshape(-1)
+                    frames = flat[self.sent * frame_elems : done * frame_elems]
+                    out.put(
+                        (
+                            np.array(frames, np.float32).reshape(-1, *self_shape),
+                            np.arange(self.sent, done, dtype=np.int64),
+                        )
+                    )
+                    self.sent = done
+
+        self_shape = self.geometry.frame_shape
+        return StreamingChannel()
+
+    def chunks(self, max_frames: int) -> Iterator[Chunk]:
+        scope = self._scope
+        out: queue.Queue = queue.Queue()
+        failure: list[BaseException] = []
+        n = self.geometry.n_positions
+
+        def acquire() -> None:
+            try:
+                with scope._lock:
+                    scope._aborted.clear()
+                    scope._instrument.probe_position = None
+                    result = scope._scan.grab_synchronized(
+                        data_channel=self._channel(out),
+                        scan_frame_parameters=self._sfp,
+                        camera=scope._camera,
+                        camera_frame_parameters=self._cfp,
+                        section_height=self._section_height,
+                    )
+                    if scope._aborted.is_set() or result is None:
+                        raise MicroscopeError("4D scan aborted")
+            except BaseException as e:
+                failure.append(e)
+            finally:
+                out.put(None)
+
+        thread = threading.Thread(target=acquire, name="stemedge-swift-4d", daemon=True)
+        thread.start()
+        delivered = 0
+        try:
+            while (item := out.get()) is not None:
+                frames, indices = item
+                for i in range(0, len(indices), max_frames):
+                    yield Chunk(frames[i : i + max_frames], indices[i : i + max_frames])
+                delivered += len(indices)
+            if failure:
+                raise failure[0]
+            if delivered != n:
+                raise MicroscopeError(f"the camera delivered {delivered} of {n} frames")
+        finally:
+            if thread.is_alive():  # the consumer stopped early: stop the instrument too
+                scope.abort()
+            thread.join(timeout=30.0)
