@@ -91,6 +91,8 @@ def test_remote_spectrum_image_equals_in_process(remote):
     ref_cube, ref_energy = local.spectrum_image((6, 5))
     np.testing.assert_array_equal(cube, ref_cube)
     np.testing.assert_array_equal(energy, ref_energy)
+    pos = [[1.0, 2.0], [10.0, 3.0]]
+    np.testing.assert_array_equal(remote.spectra_at(pos)[0], local.spectra_at(pos)[0])
     with pytest.raises(ValueError, match="exposure_ms"):
         remote.spectrum_image((2, 2), exposure_ms=-1.0)
 

@@ -93,6 +93,21 @@ def test_spectrum_image_maps_the_dopant_edge(scope):
     assert abs(c.sum(axis=-1).mean() / 2e3 - 1) < 0.02
 
 
+def test_spectra_at_carry_the_hidden_plasmon_energy(scope):
+    scope.survey((96, 96))
+    pos = np.array([[3.0, 4.0], [12.0, 12.0], [20.0, 7.5]])
+    spectra, energy = scope.spectra_at(pos)
+    assert spectra.shape == (3, energy.size) and scope.state().probe_A == (20.0, 7.5)
+    window = (energy > 8) & (energy < 35)  # the plasmon's centroid is its energy
+    s = spectra[:, window] - spectra[:, window].min(axis=1, keepdims=True)
+    centroid = (s * energy[window]).sum(1) / s.sum(1)
+    truth = scope.plasmon_eV(pos)
+    assert np.all((truth >= 16) & (truth <= 24)) and np.ptp(truth) > 0.3
+    np.testing.assert_allclose(centroid, truth, atol=0.15)
+    with pytest.raises(ValueError, match="outside the field of view"):
+        scope.spectra_at([[-1.0, 0.0]])
+
+
 def test_show_keeps_results_for_the_operator():
     m = SimulatedMicroscope(lattice((32, 32), 0.26, seed=0))
     m.show("phase", np.ones((4, 5)), pixel_A=(0.5, 0.5))

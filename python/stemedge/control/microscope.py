@@ -157,6 +157,13 @@ class Microscope(abc.ABC):
         """An EELS spectrum image over the current field of view: ``(cube (ny, nx, channels)
         float32, energy_eV (channels,))``."""
 
+    @abc.abstractmethod
+    def spectra_at(
+        self, positions_A: Any, *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """EELS spectra with the probe parked at each (y, x) Å position: ``(spectra (n,
+        channels) float32, energy_eV (channels,))``."""
+
     def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
         """Show a result (a 1D or 2D array, e.g. a phase map) to the operator at the
         instrument: Swift puts it in its document as a data item."""

@@ -82,6 +82,13 @@ class RemoteMicroscope(Microscope):
         pos = np.asarray(positions_A, dtype=np.float64)
         return unpack(self._call("frames_at", pack(pos), float(exposure_ms)))
 
+    def spectra_at(
+        self, positions_A: Any, *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.asarray(positions_A, dtype=np.float64)
+        d = self._call("spectra_at", pack(pos), float(exposure_ms))
+        return unpack(d["spectra"]), unpack(d["energy_eV"])
+
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         return _RemoteScan(self, (int(size[0]), int(size[1])), float(exposure_ms))
 

@@ -76,6 +76,15 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
+def _positions(value: Any) -> Any:
+    pos = unpack(value) if isinstance(value, dict) else value
+    if not isinstance(pos, np.ndarray):
+        if not isinstance(pos, (list, tuple)):
+            raise TypeError("positions must be a list of (y, x) pairs or a packed array")
+        pos = [_pair(p, "position") for p in pos]
+    return pos
+
+
 class _Scan:
     """A running scan: its stacks and how many frames one reply may carry."""
 
@@ -119,12 +128,17 @@ class MicroscopeService:
         self._scope.move_probe(_pair(position, "position"))
 
     def frames_at(self, positions: Any, exposure_ms: Any) -> dict[str, Any]:
-        pos = unpack(positions) if isinstance(positions, dict) else positions
-        if not isinstance(pos, np.ndarray):
-            if not isinstance(pos, (list, tuple)):
-                raise TypeError("positions must be a list of (y, x) pairs or a packed array")
-            pos = [_pair(p, "position") for p in pos]
-        return pack(self._scope.frames_at(pos, exposure_ms=_number(exposure_ms, "exposure_ms")))
+        return pack(
+            self._scope.frames_at(
+                _positions(positions), exposure_ms=_number(exposure_ms, "exposure_ms")
+            )
+        )
+
+    def spectra_at(self, positions: Any, exposure_ms: Any) -> dict[str, Any]:
+        spectra, energy = self._scope.spectra_at(
+            _positions(positions), exposure_ms=_number(exposure_ms, "exposure_ms")
+        )
+        return {"spectra": pack(spectra), "energy_eV": pack(energy)}
 
     def scan_start(self, size: Any, exposure_ms: Any, max_frames: Any) -> dict[str, Any]:
         n = int(_number(max_frames, "max_frames"))

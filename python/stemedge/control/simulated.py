@@ -44,6 +44,11 @@ _MAX_POSITIONS = 65536  # per frames_at call
 _ADF_WEIGHT = {"HAADF": {"host": 1.0, "dopant": 2.5}, "MAADF": {"host": 1.0, "dopant": 1.6}}
 
 
+#: The simulated spectrometer's energy axis: 1 eV channels from −20 eV (like Nion's usim).
+EELS_ENERGY_EV = (-20.0 + np.arange(768)).astype(np.float32)
+_PLASMON_SIGMA_A = 5.0
+
+
 class SimulatedMicroscope(Microscope):
     """A STEM on :mod:`stemedge.sim` (see the module docstring).
 
@@ -242,37 +247,84 @@ class SimulatedMicroscope(Microscope):
     def spectrum_image(
         self, size: tuple[int, int], *, exposure_ms: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """EELS model: a power-law background (E⁻³), the host's edge at 284 eV and a dopant edge
-        at 532 eV whose jump follows the dopants under the probe (Gaussian of the probe width);
-        Poisson counts at ``dose_per_ms · exposure_ms`` electrons (None: noise-free)."""
+        """An EELS spectrum image over the field of view (the model: :meth:`spectra_at`)."""
         ny, nx = check_shape(size, "size", 1024)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        fov = self._fov_A
+        yy, xx = np.meshgrid(
+            np.arange(ny) * fov[0] / ny, np.arange(nx) * fov[1] / nx, indexing="ij"
+        )
+        with self._lock:
+            self._start()
+            cube = self._spectra(np.stack([yy.ravel(), xx.ravel()], axis=1), exposure)
+            self._check_abort()
+        return cube.reshape(ny, nx, -1), EELS_ENERGY_EV.copy()
+
+    def spectra_at(
+        self, positions_A: Any, *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """EELS spectra (n, channels) float32 with the probe parked at each position, and the
+        energy axis (eV): a zero-loss peak; a bulk plasmon whose energy follows the local dopant
+        concentration (:meth:`plasmon_eV`, delocalised over ~5 Å); an E⁻³ background; the host's
+        edge at 284 eV and a dopant edge at 532 eV whose jumps follow the atoms under the probe.
+        Poisson counts at ``dose_per_ms · exposure_ms`` electrons (None: noise-free, sum 1)."""
+        pos = check_positions(positions_A, self._fov_A, _MAX_POSITIONS)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
         with self._lock:
             self._start()
-            energy = np.linspace(200.0, 712.0, 512)
-            fov = min(self._fov_A)
-            pixel = (fov / ny, fov / nx)
-            sigma = 0.43 * wavelength_A(self.voltage_kV) / (self.convergence_mrad * 1e-3)
-            dopant = np.where(self.sample.kinds == "dopant", 1.0, 0.0)
-            host = 1.0 - dopant
-            d_map = _render_adf(
-                (ny, nx), pixel, self.sample.positions_A, dopant, sigma, self.extent_A
-            )
-            h_map = _render_adf(
-                (ny, nx), pixel, self.sample.positions_A, host, sigma, self.extent_A
-            )
-            background = (energy / 200.0) ** -3.0
-            edge = lambda e0: np.where(energy >= e0, (energy / e0) ** -2.5, 0.0)  # noqa: E731
-            cube = (
-                background[None, None, :]
-                + 0.05 * h_map[..., None] * edge(284.0)[None, None, :]
-                + 0.05 * d_map[..., None] * edge(532.0)[None, None, :]
-            )
-            cube *= 1.0 / cube.sum(axis=-1, keepdims=True)
+            out = self._spectra(pos, exposure)
             self._check_abort()
-            if self.dose_per_ms is not None:
-                cube = self._rng.poisson(cube * self.dose_per_ms * exposure)
-            return cube.astype(np.float32), energy.astype(np.float32)
+            self._probe_A = (float(pos[-1, 0]), float(pos[-1, 1]))
+        return out, EELS_ENERGY_EV.copy()
+
+    def plasmon_eV(self, positions_A: Any) -> np.ndarray:
+        """The hidden property (ground truth for steering benchmarks): the plasmon energy at
+        each position, 16 eV + 8 eV × the local dopant fraction (Gaussian weight, σ 5 Å)."""
+        pos = np.asarray(positions_A, np.float64).reshape(-1, 2)
+        return 16.0 + 8.0 * self._local(pos, _PLASMON_SIGMA_A, fraction=True)
+
+    def _local(self, pos: np.ndarray, sigma: float, *, fraction: bool) -> np.ndarray | tuple:
+        """Gaussian-weighted sums of dopant and host atoms around each position (periodic);
+        the dopant fraction if ``fraction``, else (dopant, host) sums."""
+        extent = np.asarray(self.extent_A)
+        atoms = self.sample.positions_A
+        is_dopant = self.sample.kinds == "dopant"
+        dop = np.zeros(len(pos))
+        host = np.zeros(len(pos))
+        step = max(1, 2_000_000 // max(len(atoms), 1))
+        for i in range(0, len(pos), step):
+            d = pos[i : i + step, None, :] - atoms[None, :, :]
+            d -= np.round(d / extent) * extent  # nearest periodic image
+            w = np.exp(-(d**2).sum(-1) / (2 * sigma**2))
+            dop[i : i + step] = w[:, is_dopant].sum(1)
+            host[i : i + step] = w[:, ~is_dopant].sum(1)
+        if fraction:
+            return dop / np.maximum(dop + host, 1e-12)
+        return dop, host
+
+    def _spectra(self, pos: np.ndarray, exposure_ms: float) -> np.ndarray:
+        e = EELS_ENERGY_EV.astype(np.float64)
+        sigma_probe = 0.43 * wavelength_A(self.voltage_kV) / (self.convergence_mrad * 1e-3)
+        dop, host = self._local(pos, sigma_probe, fraction=False)
+        ep = self.plasmon_eV(pos)
+        zlp = np.exp(-(e**2) / (2 * 0.6**2))
+        plasmon = 0.4 * np.exp(-((e[None, :] - ep[:, None]) ** 2) / (2 * 2.0**2))
+        tail = np.where(e > 30.0, 2e-3 * (np.maximum(e, 30.0) / 30.0) ** -3.0, 0.0)
+
+        def edge(e0: float) -> np.ndarray:
+            return np.where(e >= e0, 2e-5 * (np.maximum(e, e0) / e0) ** -2.5, 0.0)
+
+        spectra = (
+            zlp[None, :]
+            + plasmon
+            + tail[None, :]
+            + host[:, None] * edge(284.0)[None, :]
+            + dop[:, None] * edge(532.0)[None, :]
+        )
+        spectra /= spectra.sum(axis=1, keepdims=True)
+        if self.dose_per_ms is not None:
+            spectra = self._rng.poisson(spectra * self.dose_per_ms * exposure_ms)
+        return spectra.astype(np.float32)
 
     def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
         title, a = check_display(title, data)

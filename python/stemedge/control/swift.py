@@ -220,6 +220,33 @@ class SwiftMicroscope(Microscope):
                 self._camera.stop_playing(sync_timeout=3.0)
             return np.stack(frames)
 
+    def spectra_at(
+        self, positions_A: Any, *, exposure_ms: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pos = check_positions(positions_A, self._fov_A, 4096)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        if self._eels is None:
+            raise MicroscopeError("no EELS camera is registered")
+        with self._lock:
+            self._aborted.clear()
+            efp = self._eels.get_current_frame_parameters()
+            efp.exposure_ms = exposure
+            efp.processing = "sum_project"
+            self._eels.set_current_frame_parameters(efp)
+            spectra = []
+            try:
+                for p in pos:
+                    if self._aborted.is_set():
+                        raise MicroscopeError("acquisition aborted")
+                    self._instrument.probe_position = self._fraction(p)
+                    xdata = self._eels.grab_next_to_finish()[0]
+                    spectra.append(np.asarray(xdata.data, np.float32).reshape(-1))
+            finally:
+                self._eels.stop_playing(sync_timeout=3.0)
+        cal = xdata.dimensional_calibrations[-1]
+        energy = (cal.offset + cal.scale * np.arange(spectra[0].size)).astype(np.float32)
+        return np.stack(spectra), energy
+
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         """A synchronized 4D scan that streams while Swift acquires: frames reach the data
         plane as the camera delivers them, not when the scan ends."""
