@@ -11,6 +11,7 @@
 from stemedge.sim.disks import DiskScan, shifted_disks
 from stemedge.sim.samples import (
     Sample,
+    clustered_lattice,
     gaussian_atoms,
     lattice,
     phase_from_potential,
@@ -24,6 +25,7 @@ __all__ = [
     "DiskScan",
     "Sample",
     "SimulatedScan",
+    "clustered_lattice",
     "frames_at",
     "gaussian_atoms",
     "lattice",

@@ -237,6 +237,49 @@ def lattice(
     return Sample(phase, pixel_A, pos, kinds, (ay, ax), n)
 
 
+def clustered_lattice(
+    shape: tuple[int, int],
+    pixel_A: float,
+    *,
+    clusters: int = 6,
+    base_fraction: float = 0.03,
+    domain_fraction: float = 0.12,
+    a_A: float = 3.9,
+    seed: int = 0,
+) -> Sample:
+    """A square lattice whose dopants gather in Gaussian clusters and in a domain: a specimen
+    with structure worth steering to (the scene of the steering benchmark, issue 8).
+
+    Each site is a dopant with probability ``base_fraction`` (``domain_fraction`` beyond a
+    straight domain boundary through the box, an edge) plus the clusters': amplitude 0.2–0.8,
+    width σ 6–16 Å, centres and the boundary drawn from ``seed``.
+    """
+    ny, nx = _shape2(shape)
+    pixel_A = _positive(pixel_A, "pixel_A")
+    _fraction(base_fraction, "base_fraction")
+    _fraction(domain_fraction, "domain_fraction")
+    if not (isinstance(clusters, int) and 0 <= clusters <= 1000):
+        raise ValueError(f"clusters must be an integer in [0, 1000], got {clusters!r}")
+    host = lattice(shape, pixel_A, a_A=a_A, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    extent = np.array([ny * pixel_A, nx * pixel_A])
+    pos = host.positions_A
+    p = np.full(len(pos), float(base_fraction))
+    # the domain: a line through a random point at a random angle; one side is richer
+    centre, angle = rng.uniform(0.3, 0.7, 2) * extent, rng.uniform(0, np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])
+    p[(pos - centre) @ normal > 0] = float(domain_fraction)
+    for _ in range(clusters):
+        c = rng.uniform(0, 1, 2) * extent
+        amp, sigma = rng.uniform(0.2, 0.8), rng.uniform(6.0, 16.0)
+        d = pos - c
+        d -= np.round(d / extent) * extent  # periodic box
+        p += amp * np.exp(-(d**2).sum(1) / (2 * sigma**2))
+    kinds = np.where(rng.random(len(pos)) < np.clip(p, 0, 1), "dopant", "host").astype("<U6")
+    phase = _render((ny, nx), pixel_A, pos, kinds, 0.05, 0.15, 0.35)
+    return Sample(phase, pixel_A, pos, kinds, host.a_A, host.sites)
+
+
 def vacuum_edge(
     shape: tuple[int, int],
     pixel_A: float,
