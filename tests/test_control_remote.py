@@ -97,6 +97,20 @@ def test_remote_spectrum_image_equals_in_process(remote):
         remote.spectrum_image((2, 2), exposure_ms=-1.0)
 
 
+def test_steering_loop_runs_over_pyro5(remote):
+    pytest.importorskip("sklearn")
+    from stemedge.steer import PeakEnergy, SteeringLoop
+
+    opts = dict(budget=8, n_init=3, survey_size=(32, 32), survey_fov_A=60.0, patch=8, seed=1)
+    res = SteeringLoop(remote, PeakEnergy(), **opts).run()
+    assert len(set(res.measured.candidate.tolist())) == 8
+    # the values are the (noise-free) server's spectra at the chosen places, scalarized here
+    local = SimulatedMicroscope(dose_per_ms=None)
+    local.survey((8, 8), fov_A=60.0)
+    spectra, energy = local.spectra_at(res.measured.positions_A)
+    np.testing.assert_allclose(res.measured.values, PeakEnergy()(spectra, energy))
+
+
 def test_bad_arguments_and_disallowed_operations_are_refused(remote):
     with pytest.raises(ValueError, match="outside the field of view"):
         remote.move_probe((1e6, 0.0))

@@ -101,6 +101,15 @@ def test_remote_client_drives_usim_from_another_process(tmp_path):
             remote.scan_4d((4, 4), exposure_ms=2.0), [CenterOfMassAnalysis(nthreads=1)]
         ).run()
         assert res.complete and np.isfinite(res.results["com"]["shifts_px"]).all()
+        # the steering loop drives Swift's simulator over Pyro5 like any Microscope
+        pytest.importorskip("sklearn")
+        from stemedge.steer import ComShift, SteeringLoop
+
+        steer = SteeringLoop(
+            remote, ComShift(), budget=5, n_init=3, survey_size=(32, 32), patch=8, seed=0
+        ).run()
+        assert len(steer.measured.values) == 5 and np.isfinite(steer.measured.values).all()
+        assert steer.prediction.shape == (25, 25)
         remote.close()
     finally:
         proc.terminate()

@@ -89,6 +89,14 @@ def test_gp_model_interpolates_and_knows_where_it_has_not_looked():
     mean, std = m.predict(x)
     assert np.abs(mean[:190] - f[:190]).max() < 0.05
     assert std[train].max() < 0.05 and std[350:].min() > 5 * std[:190].mean()
+    # the fast prediction is sklearn's (the latent part: its std minus the white noise)
+    ref_mean, ref_std = m._gp.predict(x, return_std=True)
+    noise = m._kernel.k2.noise_level * m._y_std**2
+    np.testing.assert_allclose(mean, ref_mean, atol=1e-4 * np.ptp(f))
+    np.testing.assert_allclose(std, np.sqrt(np.maximum(ref_std**2 - noise, 0)), atol=2e-3)
+    _, ref_cov = m._gp.predict(x[::37], return_cov=True)
+    ref_cov[np.diag_indices_from(ref_cov)] -= noise
+    np.testing.assert_allclose(m.covariance(x[::37], x[::37]), ref_cov, atol=1e-6)
     draw = m.sample(x[::20], np.random.default_rng(0))
     assert draw.shape == (20,) and np.isfinite(draw).all()
     assert set(m.state()) >= {"amplitude", "length_scale", "noise"}
@@ -212,6 +220,8 @@ def test_batches_thompson_and_stopping_rules(scene):
         assert d[np.triu_indices(len(p), 1)].min() >= 8.0
     res = _loop(scope, stagnation=3, budget=60).run()
     assert res.stop_reason == "stagnation" and len(res.measured.values) < 60
+    res = _loop(scope, acquisition="ivr", budget=10).run()
+    assert len(set(res.measured.candidate.tolist())) == 10
     res = _loop(scope, acquisition="maxvar", stop_std=1e3).run()
     assert res.stop_reason == "uncertainty" and len(res.measured.values) == 4  # after init
 

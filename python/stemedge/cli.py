@@ -1,5 +1,5 @@
 """The ``stemedge`` command line: ``info``, ``demo``, ``status``, ``process``, ``stream``,
-``compress`` and ``decompress``.
+``compress``, ``decompress``, ``serve`` and ``steer``.
 
 Errors the user can fix (bad arguments, an unwritable output folder) end with one line on stderr
 and exit status 2, never a traceback; a traceback means a bug in stemedge.
@@ -135,12 +135,13 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no summary (errors still go to stderr)",
     )
-    from stemedge import cli_codec, cli_jobs, cli_serve, cli_status  # pyzmq: loaded only here
+    from stemedge import cli_codec, cli_jobs, cli_serve, cli_status, cli_steer  # (pyzmq: here)
 
     cli_jobs.register(sub)
     cli_codec.register(sub)
     cli_status.register(sub)
     cli_serve.register(sub)
+    cli_steer.register(sub)
     return parser
 
 
@@ -245,6 +246,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return cli_serve.run(args)
 
 
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from stemedge import cli_steer
+
+    return cli_steer.run(args)
+
+
 _COMMANDS = {
     "info": _cmd_info,
     "demo": _cmd_demo,
@@ -254,6 +261,7 @@ _COMMANDS = {
     "compress": _cmd_compress,
     "decompress": _cmd_decompress,
     "serve": _cmd_serve,
+    "steer": _cmd_steer,
 }
 
 

@@ -103,8 +103,9 @@ class SteeringLoop:
         Turns each measurement into the property.
     model : Model, optional
         Default :class:`GPModel` (scikit-learn).
-    acquisition : {"ucb", "ei", "maxvar", "thompson"}
-        How candidates are scored (``beta``: UCB's exploration weight).
+    acquisition : {"ucb", "ei", "maxvar", "ivr", "thompson"} or several joined by "+"
+        How candidates are scored (``beta``: UCB's exploration weight); "ucb+ivr" alternates
+        looking for the maximum and improving the map.
     q, exclusion_A : int, float
         Points per step, and how far apart (Å) the points of one step must be.
     n_init : int
@@ -159,8 +160,11 @@ class SteeringLoop:
         step_budget_s: float = 0.2,
         seed: int = 0,
     ) -> None:
-        if acquisition not in ACQUISITIONS:
-            raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
+        if not all(k in ACQUISITIONS for k in acquisition.split("+")):
+            raise ValueError(
+                f"acquisition must be one of {ACQUISITIONS} or several joined by '+' "
+                f"(taken in turn, step by step), got {acquisition!r}"
+            )
         if goal not in ("max", "min"):
             raise ValueError(f"goal must be 'max' or 'min', got {goal!r}")
         if not (isinstance(budget, int) and budget >= 1):
@@ -254,6 +258,7 @@ class SteeringLoop:
         taken[measured.candidate] = True
         mean = std = np.full(m, np.nan)
         stop = "budget"
+        warned = False
         bar = _progress(progress, c["budget"], len(measured.values))
         if len(measured.values) == 0:
             batch = rng.choice(m, size=min(c["n_init"], m), replace=False)
@@ -285,7 +290,8 @@ class SteeringLoop:
             if reason:
                 stop = reason
                 break
-            if c["step_budget_s"] and timing["decide_s"] > c["step_budget_s"]:
+            if c["step_budget_s"] and timing["decide_s"] > c["step_budget_s"] and not warned:
+                warned = True  # once per run; every step's times are in the record
                 _log.warning(
                     "steering step %d took %.3f s to decide (budget %.3f s)",
                     step,
@@ -320,8 +326,9 @@ class SteeringLoop:
         n = c["q"] if pick is None else pick
         if n > 0:
             best = float(np.max(sign * measured.values[ok])) if ok.any() else 0.0
+            kinds = c["acquisition"].split("+")
             score = scores(
-                c["acquisition"],
+                kinds[len(measured.steps) % len(kinds)],
                 mean,
                 std,
                 best=best,
