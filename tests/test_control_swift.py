@@ -36,6 +36,9 @@ def usim():
 def test_survey_probe_frames_and_4d_scan(usim):
     state = usim.state()
     assert state.voltage_kV == pytest.approx(100.0) and state.camera_shape == (256, 256)
+    assert state.camera_mrad_per_px == pytest.approx(
+        usim.scan_4d((2, 2)).geometry.calibration.det_mrad_per_px
+    )
     s = usim.survey((64, 64), fov_A=500.0)
     assert s.image.shape == (64, 64) and s.pixel_A == pytest.approx((500 / 64, 500 / 64))
     assert float(s.image.std()) > 0

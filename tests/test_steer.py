@@ -256,3 +256,6 @@ def test_bad_configurations_are_refused(scene):
             _loop(scope, **kw)
     with pytest.raises(FileNotFoundError):
         _loop(scope).run(resume=True)
+    nothing = FunctionScalarizer(lambda d, e: np.full(len(d), np.nan), name="nothing")
+    with pytest.raises(ValueError, match="nothing: no finite value in 4 measurements"):
+        SteeringLoop(scope, nothing, budget=8, n_init=4, survey_size=(32, 32), patch=8).run()

@@ -129,6 +129,15 @@ class SwiftMicroscope(Microscope):
         cfp.processing = None
         return cfp
 
+    def _mrad_per_px(self) -> float:
+        """The camera's angular calibration at our binning (NaN if it gives none in rad)."""
+        try:
+            cal = self._camera.get_camera_calibrations(self._camera_params(1.0))[-1]
+        except Exception:
+            return math.nan
+        scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
+        return float(cal.scale) * scale
+
     def _fraction(self, pos: np.ndarray):
         from nion.utils import Geometry
 
@@ -166,7 +175,7 @@ class SwiftMicroscope(Microscope):
             probe_A=probe_A,
             fov_A=self._fov_A,
             camera_shape=shape,
-            camera_mrad_per_px=math.nan,
+            camera_mrad_per_px=self._mrad_per_px(),
             stage_nm=stage_nm,
             extra={
                 "camera": self._camera.hardware_source_id,

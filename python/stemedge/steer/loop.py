@@ -318,6 +318,11 @@ class SteeringLoop:
         c = self.config
         t0 = time.perf_counter()
         ok = np.isfinite(measured.values)
+        if not ok.any():
+            raise ValueError(
+                f"{self.scalarizer.name}: no finite value in {len(ok)} measurements; check the "
+                "scalarizer's window and the microscope's calibration"
+            )
         self.model.fit(cands.features[measured.candidate[ok]], sign * measured.values[ok])
         t1 = time.perf_counter()
         mean, std = self.model.predict(cands.features)
