@@ -39,9 +39,9 @@ class Model(abc.ABC):
 class GPModel(Model):
     """Exact GP regression (scikit-learn): constant × RBF + white noise, on standardised values.
 
-    Each fit starts the hyperparameter optimisation from the previous fit's values (a warm
-    start: one local L-BFGS run per step, no restarts), so a step's cost grows only with the
-    number of measured points.
+    Each hyperparameter search starts from the previous fit's values (a warm start: one capped
+    local L-BFGS run, no restarts), and past 30 points a search runs only when the data has
+    grown by a sixth since the last one; in between, a fit is one Cholesky factorisation.
 
     Parameters
     ----------
@@ -74,6 +74,7 @@ class GPModel(Model):
         ) + kernels.WhiteKernel(noise, (1e-6, 1.0))
         self._restarts = int(restarts)
         self._max_iter = int(max_iter)
+        self._searched_at = 0
         self._seed = int(seed)
         self._gp: Any = None
 
@@ -83,10 +84,16 @@ class GPModel(Model):
 
         x, y = _xy(x, y)
         first = self._gp is None
+        # Hyperparameters move little once there are many points: re-optimise while the data
+        # is small and whenever it has grown by a sixth since the last search; otherwise keep
+        # them (a fit is then one Cholesky).
+        search = first or len(y) < 30 or len(y) >= 1.15 * self._searched_at
+        if search:
+            self._searched_at = len(y)
         gp = GaussianProcessRegressor(
             kernel=self._kernel,
             normalize_y=True,
-            optimizer=_lbfgs(None if first else self._max_iter),
+            optimizer=_lbfgs(None if first else self._max_iter) if search else None,
             n_restarts_optimizer=self._restarts if first else 0,
             random_state=self._seed,
         )
