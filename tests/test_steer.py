@@ -14,6 +14,7 @@ from stemedge.control import SimulatedMicroscope
 from stemedge.control.microscope import SurveyImage
 from stemedge.sim import clustered_lattice
 from stemedge.steer import (
+    ComDivergence,
     ComShift,
     FunctionScalarizer,
     GPModel,
@@ -237,10 +238,30 @@ def test_sparse_scan_maps_the_property_with_its_uncertainty(scene):
     assert np.mean(err <= 3 * res.uncertainty.ravel() + 0.1) > 0.9
 
 
+def test_com_divergence_against_numpy_on_a_linear_field():
+    # frames whose CoM moves linearly with position: E = (a·y, b·x) px → ∇·E = a + b
+    a, b, h = 0.4, -0.1, 0.5
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(2, 8, (3, 2))
+    yy, xx = np.mgrid[0:33, 0:33]
+    frames = []
+    for c in centres:
+        for dy, dx in ComDivergence(h).offsets_A:
+            sy, sx = a * (c[0] + dy), b * (c[1] + dx)
+            g = np.exp(-((yy - 16 - sy) ** 2 + (xx - 16 - sx) ** 2) / (2 * 2.0**2))
+            frames.append(g)
+    data = np.array(frames, np.float32).reshape(3, 4, 33, 33)
+    np.testing.assert_allclose(ComDivergence(h)(data, 2.0), 2.0 * (a + b), rtol=1e-3)
+
+
 def test_com_scalarizer_drives_the_loop_on_frames(scene):
     scope = SimulatedMicroscope(scene, dose_per_ms=None, camera_shape=(32, 32))
     res = SteeringLoop(scope, ComShift(), budget=8, n_init=4, survey_size=(48, 48), patch=8).run()
     assert len(res.measured.values) == 8 and np.all(res.measured.values >= 0)
+    res = SteeringLoop(
+        scope, ComDivergence(0.26), budget=6, n_init=3, survey_size=(48, 48), patch=8
+    ).run()
+    assert len(res.measured.values) == 6 and np.isfinite(res.measured.values).all()
 
 
 def test_bad_configurations_are_refused(scene):

@@ -14,6 +14,7 @@ from stemedge.steer.loop import SteeringLoop, SteeringResult
 from stemedge.steer.models import GPModel, Model
 from stemedge.steer.record import read_record
 from stemedge.steer.scalarizers import (
+    ComDivergence,
     ComShift,
     FunctionScalarizer,
     PeakEnergy,
@@ -24,6 +25,7 @@ from stemedge.steer.scalarizers import (
 __all__ = [
     "ACQUISITIONS",
     "Candidates",
+    "ComDivergence",
     "ComShift",
     "FunctionScalarizer",
     "GPModel",

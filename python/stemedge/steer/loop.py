@@ -218,15 +218,22 @@ class SteeringLoop:
             smooth_A=c["smooth_A"],
         )
 
-    def _measure(self, positions_A: np.ndarray) -> np.ndarray:
+    def _measure(self, positions_A: np.ndarray, fov_A: tuple[float, float]) -> np.ndarray:
         exposure = self.config["exposure_ms"]
+        offsets = self.scalarizer.offsets_A
+        where = positions_A
+        if offsets is not None:  # a small pattern around each position, kept in the field
+            where = (positions_A[:, None, :] + np.asarray(offsets)[None]).reshape(-1, 2)
+            where = np.clip(where, 0.0, np.nextafter(np.asarray(fov_A), 0.0))
         if self.scalarizer.measurement == "frames":
             if self._axis is None:
                 self._axis = self.microscope.state().camera_mrad_per_px
-            data = self.microscope.frames_at(positions_A, exposure_ms=exposure)
-            return self.scalarizer(data, self._axis)
-        data, energy = self.microscope.spectra_at(positions_A, exposure_ms=exposure)
-        return self.scalarizer(data, energy)
+            data, axis = self.microscope.frames_at(where, exposure_ms=exposure), self._axis
+        else:
+            data, axis = self.microscope.spectra_at(where, exposure_ms=exposure)
+        if offsets is not None:
+            data = data.reshape(len(positions_A), len(offsets), *data.shape[1:])
+        return self.scalarizer(data, axis)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -266,7 +273,7 @@ class SteeringLoop:
             mean, std, batch, _ = self._decide(cands, measured, taken, sign, rng)
         while True:
             t0 = time.perf_counter()
-            values = self._measure(cands.positions_A[batch])
+            values = self._measure(cands.positions_A[batch], survey.fov_A)
             t_measure = time.perf_counter() - t0
             measured.add(step, batch, cands.positions_A[batch], values)
             taken[batch] = True

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ComShift", "FunctionScalarizer", "PeakEnergy", "PeakRatio", "Scalarizer"]
+__all__ = [
+    "ComDivergence",
+    "ComShift",
+    "FunctionScalarizer",
+    "PeakEnergy",
+    "PeakRatio",
+    "Scalarizer",
+]
 
 
 class Scalarizer(abc.ABC):
@@ -22,6 +29,9 @@ class Scalarizer(abc.ABC):
     measurement: str = "spectra"
     name: str = "value"
     units: str = ""
+    #: Where to measure around each chosen position, (k, 2) Å; None: at the position only.
+    #: With offsets the scalarizer gets data shaped (n, k, ...).
+    offsets_A: np.ndarray | None = None
 
     @abc.abstractmethod
     def __call__(self, data: np.ndarray, axis: Any) -> np.ndarray:
@@ -99,6 +109,47 @@ class ComShift(Scalarizer):
             frames = frames.astype(np.float32)
         shifts = center_of_mass(frames, dtype=np.float64, nthreads=1).shifts
         return np.hypot(shifts[:, 0], shifts[:, 1]) * float(axis)
+
+
+class ComDivergence(Scalarizer):
+    """Divergence of the CoM deflection field at a position, from four frames ``step_A`` away
+    along ±y and ±x (central differences), in mrad/Å. ∇·E is proportional to the projected
+    charge density (PHYSICS.md), so it picks out atomic columns and charged defects.
+
+    ``rotation_deg`` / ``flip_y`` turn detector-frame shifts into the scan frame (PHYSICS.md
+    C4), as in :func:`stemedge.dpc.deflection`.
+    """
+
+    measurement, name, units = "frames", "CoM divergence", "mrad/Å"
+
+    def __init__(self, step_A: float = 0.5, *, rotation_deg: float = 0.0, flip_y: bool = False):
+        if not step_A > 0:
+            raise ValueError(f"step_A must be > 0, got {step_A!r}")
+        self.step_A, self.rotation_deg, self.flip_y = float(step_A), rotation_deg, flip_y
+        h = self.step_A
+        self.offsets_A = np.array([[-h, 0.0], [h, 0.0], [0.0, -h], [0.0, h]])
+
+    def __call__(self, data: np.ndarray, axis: Any) -> np.ndarray:
+        from stemedge.dpc import to_scan_frame
+        from stemedge.kernels import center_of_mass
+
+        n, k = data.shape[:2]
+        frames = np.ascontiguousarray(data.reshape(n * k, *data.shape[2:]))
+        if frames.dtype not in (np.uint8, np.uint16, np.uint32, np.float32):
+            frames = frames.astype(np.float32)
+        shifts = center_of_mass(frames, dtype=np.float64, nthreads=1).shifts
+        e = to_scan_frame(shifts, self.rotation_deg, self.flip_y).reshape(n, k, 2) * float(axis)
+        d_ey = (e[:, 1, 0] - e[:, 0, 0]) / (2 * self.step_A)
+        d_ex = (e[:, 3, 1] - e[:, 2, 1]) / (2 * self.step_A)
+        return d_ey + d_ex
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "step_A": self.step_A,
+            "rotation_deg": self.rotation_deg,
+            "flip_y": self.flip_y,
+        }
 
 
 class FunctionScalarizer(Scalarizer):
