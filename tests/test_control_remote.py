@@ -93,6 +93,15 @@ def test_remote_spectrum_image_equals_in_process(remote):
     np.testing.assert_array_equal(energy, ref_energy)
     pos = [[1.0, 2.0], [10.0, 3.0]]
     np.testing.assert_array_equal(remote.spectra_at(pos)[0], local.spectra_at(pos)[0])
+    # the streamed spectrum image, through the pipeline on this side
+    from stemedge.analysis import MeanPattern
+
+    src = remote.scan_spectra((6, 5))
+    np.testing.assert_array_equal(src.energy_eV, energy)
+    res = Pipeline(src, [MeanPattern()], workers=1).run()
+    np.testing.assert_allclose(
+        res.results["mean_pattern"]["mean"][0], cube.mean((0, 1)), rtol=1e-5, atol=1e-12
+    )
     with pytest.raises(ValueError, match="exposure_ms"):
         remote.spectrum_image((2, 2), exposure_ms=-1.0)
 

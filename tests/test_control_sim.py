@@ -93,6 +93,30 @@ def test_spectrum_image_maps_the_dopant_edge(scope):
     assert abs(c.sum(axis=-1).mean() / 2e3 - 1) < 0.02
 
 
+def test_streamed_spectrum_image_maps_an_energy_window(scope):
+    from stemedge.analysis import MeanPattern, VirtualDetectorAnalysis
+
+    scope.survey((96, 96))
+    cube, energy = scope.spectrum_image((6, 7))
+    src = scope.scan_spectra((6, 7))
+    np.testing.assert_array_equal(src.energy_eV, energy)
+    assert src.geometry.frame_shape == (1, energy.size)
+    window = ((energy >= 525) & (energy <= 560)).astype(np.float32)[None, :]  # the dopant edge
+    res = Pipeline(
+        src,
+        [VirtualDetectorAnalysis({"edge": window}, nthreads=1), MeanPattern()],
+        workers=2,
+        slot_frames=5,
+    ).run()
+    assert res.complete and res.counters.frames_processed == 42
+    np.testing.assert_allclose(
+        res.results["virtual"]["edge"], (cube * window[0]).sum(-1), rtol=1e-5, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        res.results["mean_pattern"]["mean"][0], cube.mean((0, 1)), rtol=1e-5, atol=1e-12
+    )
+
+
 def test_spectra_at_carry_the_hidden_plasmon_energy(scope):
     scope.survey((96, 96))
     pos = np.array([[3.0, 4.0], [12.0, 12.0], [20.0, 7.5]])

@@ -66,6 +66,12 @@ def test_survey_probe_frames_and_4d_scan(usim):
     cube, energy = usim.spectrum_image((3, 4), exposure_ms=1.0)
     assert cube.shape == (3, 4, energy.size) and energy.size > 100 and cube.sum() > 0
     assert np.all(np.diff(energy) > 0)
+    src = usim.scan_spectra((2, 3), exposure_ms=1.0)
+    assert src.geometry.frame_shape == (1, energy.size)
+    np.testing.assert_allclose(src.energy_eV, energy)
+    chunks = list(src.chunks(64))
+    assert np.concatenate([c.indices for c in chunks]).tolist() == list(range(6))
+    assert sum(float(c.frames.sum()) for c in chunks) > 0
     spectra, energy = usim.spectra_at([[100.0, 200.0], [300.0, 10.0]], exposure_ms=1.0)
     assert spectra.shape == (2, energy.size) and spectra.sum() > 0
     with pytest.raises(ValueError, match="outside the field of view"):

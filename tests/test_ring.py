@@ -63,6 +63,17 @@ def test_non_contiguous_source_rows_are_copied_frame_by_frame():
     np.testing.assert_array_equal(np.concatenate([s.frames.copy() for s in ring]), every_other)
 
 
+def test_one_row_frames_take_any_stride_on_their_row_axis():
+    # spectra as (1, channels) frames: numpy gives a length-1 axis whatever stride it likes
+    spectra = np.arange(5 * 11, dtype=np.float32).reshape(5, 11)
+    frames = spectra[:, None, :]
+    assert frames.strides[1] == 0 and frames.flags.c_contiguous
+    ring = FrameRing((1, 11), np.float32, slots=2, slot_frames=8)
+    ring.write(frames, 0)
+    ring.close()
+    np.testing.assert_array_equal(np.concatenate([s.frames.copy() for s in ring]), frames)
+
+
 def test_wrong_dtype_shape_and_indices_are_refused_with_clear_errors():
     ring = FrameRing((5, 7), np.uint16, slots=2, slot_frames=2)
     with pytest.raises(TypeError, match="uint16"):

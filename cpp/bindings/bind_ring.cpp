@@ -87,7 +87,9 @@ std::size_t push_frames(RingHandle& h, const py::array& frames, const py::array&
         throw py::value_error("frames: pass a stack (n, det_y, det_x)");
     const std::size_t n = v.n_frames();
     const auto row_bytes = static_cast<std::ptrdiff_t>(h.det_x * itemsize(h.dtype));
-    if (n > 0 && v.row_stride != row_bytes)
+    // A one-row frame (a spectrum, (1, channels)) has no row stride to speak of: numpy may give
+    // its length-1 axis any stride, even in a C-contiguous array.
+    if (n > 0 && h.det_y > 1 && v.row_stride != row_bytes)
         throw py::type_error("frames: each frame must be contiguous; pass np.ascontiguousarray(frames)");
     if (!py::isinstance<py::array_t<std::int64_t>>(indices) || indices.ndim() != 1 ||
         static_cast<std::size_t>(indices.shape(0)) != n || !(indices.flags() & py::array::c_style))

@@ -151,6 +151,12 @@ class Microscope(abc.ABC):
         :class:`~stemedge.sources.base.Source` (stream it with a Pipeline)."""
 
     @abc.abstractmethod
+    def scan_spectra(self, size: tuple[int, int], *, exposure_ms: float = 1.0) -> Source:
+        """An EELS spectrum-image scan streamed into the data plane: a Source whose frames are
+        spectra, shape (1, channels), with the energy axis in ``source.energy_eV``. (A
+        virtual detector over an energy window then maps that window.)"""
+
+    @abc.abstractmethod
     def spectrum_image(
         self, size: tuple[int, int], *, exposure_ms: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:

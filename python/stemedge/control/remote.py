@@ -92,6 +92,9 @@ class RemoteMicroscope(Microscope):
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         return _RemoteScan(self, (int(size[0]), int(size[1])), float(exposure_ms))
 
+    def scan_spectra(self, size, *, exposure_ms: float = 1.0) -> Source:
+        return _RemoteScan(self, (int(size[0]), int(size[1])), float(exposure_ms), "spectra")
+
     def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         d = self._call("spectrum_image", [int(size[0]), int(size[1])], float(exposure_ms))
         return unpack(d["cube"]), unpack(d["energy_eV"])
@@ -110,20 +113,23 @@ class RemoteMicroscope(Microscope):
 
 
 class _RemoteScan(Source):
-    def __init__(self, scope: RemoteMicroscope, size: tuple[int, int], exposure_ms: float) -> None:
+    def __init__(
+        self, scope: RemoteMicroscope, size: tuple[int, int], exposure_ms: float, kind="4d"
+    ) -> None:
         self._scope = scope
         self._size = size
         self._exposure = exposure_ms
-        self._started: dict[str, Any] | None = None
-        self.geometry = None  # type: ignore[assignment]
+        self._kind = kind
         # The geometry comes from the server; the scan starts when it is first streamed.
-        info = scope._call("scan_start", list(size), exposure_ms, 256)
+        info = scope._call("scan_start", list(size), exposure_ms, 256, kind)
         self._started = info
         self.geometry = ScanGeometry.from_dict(info["geometry"])
+        if "energy_eV" in info:
+            self.energy_eV = unpack(info["energy_eV"])
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": "RemoteMicroscope.scan_4d",
+            "kind": f"RemoteMicroscope.scan_{'spectra' if self._kind == 'spectra' else '4d'}",
             "uri": self._scope.uri,
             "scan": list(self._size),
         }

@@ -140,15 +140,24 @@ class MicroscopeService:
         )
         return {"spectra": pack(spectra), "energy_eV": pack(energy)}
 
-    def scan_start(self, size: Any, exposure_ms: Any, max_frames: Any) -> dict[str, Any]:
+    def scan_start(
+        self, size: Any, exposure_ms: Any, max_frames: Any, kind: Any = "4d"
+    ) -> dict[str, Any]:
+        """Start a streamed scan: ``kind`` "4d" (camera frames) or "spectra" (EELS)."""
         n = int(_number(max_frames, "max_frames"))
         if not 1 <= n <= 4096:
             raise ValueError("max_frames must be in [1, 4096]")
-        source = self._scope.scan_4d(_size(size), exposure_ms=_number(exposure_ms, "exposure_ms"))
+        if kind not in ("4d", "spectra"):
+            raise ValueError(f"kind must be '4d' or 'spectra', got {kind!r}")
+        start = self._scope.scan_4d if kind == "4d" else self._scope.scan_spectra
+        source = start(_size(size), exposure_ms=_number(exposure_ms, "exposure_ms"))
         scan_id = f"scan-{next(self._ids)}"
         with self._lock:
             self._scans[scan_id] = _Scan(source.chunks(n), n)
-        return {"scan_id": scan_id, "geometry": source.geometry.to_dict()}
+        reply = {"scan_id": scan_id, "geometry": source.geometry.to_dict()}
+        if kind == "spectra":
+            reply["energy_eV"] = pack(np.asarray(source.energy_eV, np.float32))
+        return reply
 
     def scan_next(self, scan_id: Any) -> dict[str, Any] | None:
         """The next stack of a scan: packed frames and flat indices; None when it is complete."""

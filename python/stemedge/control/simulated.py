@@ -260,6 +260,11 @@ class SimulatedMicroscope(Microscope):
             self._check_abort()
         return cube.reshape(ny, nx, -1), EELS_ENERGY_EV.copy()
 
+    def scan_spectra(self, size: tuple[int, int], *, exposure_ms: float = 1.0) -> Source:
+        ny, nx = check_shape(size, "size", _MAX_PIXELS)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        return _SpectraSource(self, (ny, nx), exposure)
+
     def spectra_at(
         self, positions_A: Any, *, exposure_ms: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -415,3 +420,38 @@ class _ScanSource(Source):
                 done += len(xs)
         last = ((ny - 1) * self._step_px, (nx - 1) * self._step_px)
         scope._probe_A = (last[0] * scope.sample.pixel_A, last[1] * scope.sample.pixel_A)
+
+
+class _SpectraSource(Source):
+    """A spectrum-image scan taken row by row while it streams: frames (1, channels)."""
+
+    def __init__(self, scope: SimulatedMicroscope, size: tuple[int, int], exposure_ms: float):
+        self._scope, self._size, self._exposure = scope, size, exposure_ms
+        self._fov = scope._fov_A
+        self.energy_eV = EELS_ENERGY_EV.copy()
+        self.geometry = ScanGeometry(size, (1, len(EELS_ENERGY_EV)), np.dtype(np.float32), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "SimulatedMicroscope.scan_spectra",
+            "scan": list(self._size),
+            "fov_A": list(self._fov),
+            "exposure_ms": self._exposure,
+            "energy_eV": [float(self.energy_eV[0]), float(self.energy_eV[-1])],
+        }
+
+    def chunks(self, max_frames: int) -> Iterator[Chunk]:
+        scope = self._scope
+        ny, nx = self._size
+        scope._start()
+        for y in range(ny):
+            for x0 in range(0, nx, max(1, max_frames)):
+                if scope._abort.is_set():
+                    raise SourceError(f"spectrum image aborted at row {y} of {ny}")
+                xs = np.arange(x0, min(nx, x0 + max_frames))
+                pos = np.stack(
+                    [np.full(len(xs), y * self._fov[0] / ny), xs * self._fov[1] / nx], axis=1
+                )
+                spectra = scope._spectra(pos, self._exposure)
+                frames = np.ascontiguousarray(spectra[:, None, :])
+                yield Chunk(frames, (y * nx + xs).astype(np.int64))

@@ -286,6 +286,32 @@ class SwiftMicroscope(Microscope):
         geometry = ScanGeometry((ny, nx), frame_shape, np.dtype(np.float32), calibration)
         return _SwiftScan(self, sfp, cfp, geometry)
 
+    def scan_spectra(self, size, *, exposure_ms: float = 1.0) -> Source:
+        """A synchronized EELS scan (``sum_project``) streamed while Swift acquires; frames are
+        spectra (1, channels), ``source.energy_eV`` from the camera's calibration."""
+        ny, nx = check_shape(size, "size", 1024)
+        exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
+        if self._eels is None:
+            raise MicroscopeError("no EELS camera is registered")
+        from nion.utils import Geometry
+
+        sfp = self._scan.get_current_frame_parameters()
+        sfp.scan_id = uuid.uuid4()
+        sfp.pixel_size = Geometry.IntSize(ny, nx)
+        sfp.fov_nm = min(self._fov_A) / 10.0
+        efp = self._eels.get_current_frame_parameters()
+        efp.exposure_ms = exposure
+        efp.processing = "sum_project"
+        info = self._scan.grab_synchronized_get_info(
+            scan_frame_parameters=sfp, camera=self._eels, camera_frame_parameters=efp
+        )
+        channels = int(info.camera_readout_size_squeezed[-1])
+        cal = info.data_calibrations[-1]
+        geometry = ScanGeometry((ny, nx), (1, channels), np.dtype(np.float32), None)
+        source = _SwiftScan(self, sfp, efp, geometry, camera=self._eels, kind="scan_spectra")
+        source.energy_eV = (cal.offset + cal.scale * np.arange(channels)).astype(np.float32)
+        return source
+
     def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         ny, nx = check_shape(size, "size", 1024)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
@@ -332,23 +358,33 @@ class _SwiftScan(Source):
     """A synchronized scan run on a thread; the camera's partial data is cut into whole frames
     as it arrives (a Swift data channel) and handed to :meth:`chunks` through a queue."""
 
-    def __init__(self, scope: SwiftMicroscope, sfp: Any, cfp: Any, geometry: ScanGeometry):
+    def __init__(
+        self,
+        scope: SwiftMicroscope,
+        sfp: Any,
+        cfp: Any,
+        geometry: ScanGeometry,
+        camera: Any = None,
+        kind: str = "scan_4d",
+    ):
         self._scope, self._sfp, self._cfp = scope, sfp, cfp
+        self._camera = camera if camera is not None else scope._camera
+        self._kind = kind
         self.geometry = geometry
         self._section_height = scope.section_rows
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": "SwiftMicroscope.scan_4d",
+            "kind": f"SwiftMicroscope.{self._kind}",
             "scan_shape": list(self.geometry.scan_shape),
             "exposure_ms": float(self._cfp.exposure_ms),
-            "camera": self._scope._camera.hardware_source_id,
+            "camera": self._camera.hardware_source_id,
         }
 
     def _channel(self, out: queue.Queue):
         from nion.instrumentation import Acquisition
 
-        camera_id = self._scope._camera.hardware_source_id
+        camera_id = self._camera.hardware_source_id
         frame_elems = math.prod(self.geometry.frame_shape)
 
         class StreamingChannel(Acquisition.DataAndMetadataDataChannel):
@@ -387,12 +423,12 @@ class _SwiftScan(Source):
                     result = scope._scan.grab_synchronized(
                         data_channel=self._channel(out),
                         scan_frame_parameters=self._sfp,
-                        camera=scope._camera,
+                        camera=self._camera,
                         camera_frame_parameters=self._cfp,
                         section_height=self._section_height,
                     )
                     if scope._aborted.is_set() or result is None:
-                        raise MicroscopeError("4D scan aborted")
+                        raise MicroscopeError(f"{self._kind} aborted")
             except BaseException as e:
                 failure.append(e)
             finally:
