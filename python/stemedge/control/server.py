@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import math
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -86,12 +87,53 @@ def _positions(value: Any) -> Any:
 
 
 class _Scan:
-    """A running scan: its stacks and how many frames one reply may carry."""
+    """A running scan, pulled from its source by a thread of its own into a bounded queue.
+
+    ``scan_next`` waits for the first stack, then takes whatever else has already arrived, up
+    to ``max_frames``: a fast source is batched (few round trips), a slow one (an instrument
+    acquiring) streams stack by stack as it acquires, instead of waiting for a full batch.
+    """
+
+    _END = object()
 
     def __init__(self, chunks, max_frames: int) -> None:
-        self.chunks = chunks
         self.max_frames = max_frames
+        self.queue: queue.Queue = queue.Queue(maxsize=64)  # backpressure on the source
         self.done = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._pull, args=(chunks,), name="stemedge-scan", daemon=True
+        )
+        self.thread.start()
+
+    def _pull(self, chunks) -> None:
+        try:
+            for chunk in chunks:
+                # copies: a source may reuse its buffers once it is asked for the next stack
+                self.queue.put((np.array(chunk.frames), np.asarray(chunk.indices, np.int64)))
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.queue.put(self._END)
+
+    def take(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        frames: list[np.ndarray] = []
+        indices: list[np.ndarray] = []
+        n = 0
+        while not self.done and n < self.max_frames:
+            try:
+                item = self.queue.get(block=not frames)
+            except queue.Empty:
+                break
+            if item is self._END:
+                self.done = True
+                if self.error is not None:
+                    raise self.error
+                break
+            frames.append(item[0])
+            indices.append(item[1])
+            n += len(item[1])
+        return frames, indices
 
 
 class MicroscopeService:
@@ -167,14 +209,8 @@ class MicroscopeService:
             it = self._scans.get(scan_id)
         if it is None:
             raise KeyError(f"no scan {scan_id!r} running")
-        frames, indices = [], []
-        try:  # batch the source's stacks up to its max_frames: fewer round trips
-            while not it.done and sum(len(i) for i in indices) < it.max_frames:
-                chunk = next(it.chunks)
-                frames.append(np.asarray(chunk.frames))
-                indices.append(np.asarray(chunk.indices, np.int64))
-        except StopIteration:
-            it.done = True
+        try:
+            frames, indices = it.take()
         except Exception:
             with self._lock:
                 self._scans.pop(scan_id, None)
