@@ -5,7 +5,8 @@ A survey image is cut into candidate positions described by their local structur
 (:mod:`~stemedge.steer.scalarizers`); a surrogate model predicts it everywhere with its
 uncertainty (:mod:`~stemedge.steer.models`); an acquisition function picks the next batch
 (:mod:`~stemedge.steer.acquisition`); :class:`SteeringLoop` runs it against any Microscope and
-records every step. Needs scikit-learn (``pip install 'stemedge[steer]'``).
+records every step. Needs scikit-learn (``pip install 'stemedge[steer]'``); the optional deep
+kernel model :class:`stemedge.steer.dkl.DKLModel` needs torch and gpytorch (extra ``dkl``).
 """
 
 from stemedge.steer.acquisition import ACQUISITIONS, scores, select_batch
