@@ -11,6 +11,7 @@ patches, 2 Å blur, 8 PCA components).
 Strategies at the same budget, each seed the same scene and noise model:
 
 - **steer**: ``SteeringLoop`` with the default GP model and UCB (5 random points first);
+- **steer-dkl** (``--dkl``): the same with the deep-kernel model;
 - **both**: the same alternating UCB and integrated variance reduction, step by step;
 - **map**: the same with integrated-variance-reduction acquisition (mapping, not maximising);
 - **maxvar**: the same with max-variance acquisition (the textbook mapping rule);
@@ -156,14 +157,23 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; budget {args.budget}; seeds {args.seeds}")
     names = ("steer", "both", "map", "maxvar", "random", "raster")
+    if args.dkl:
+        names = ("steer", "steer-dkl", *names[1:])
     rows: dict[str, list[dict]] = {k: [] for k in names}
     for seed in range(0 if args.timing_only else args.seeds):
         scope, _, cands, truth = scene(seed)
         loops = (("steer", "ucb"), ("both", "ucb+ivr"), ("map", "ivr"), ("maxvar", "maxvar"))
+        if args.dkl:
+            loops = (loops[0], ("steer-dkl", "ucb"), *loops[1:])
         for name, acq in loops:
             scope = SimulatedMicroscope(scope.sample, dose_per_ms=2e4, seed=seed)
+            model = None
+            if name == "steer-dkl":
+                from stemedge.steer.dkl import DKLModel
+
+                model = DKLModel(seed=seed)
             res = SteeringLoop(
-                scope, PeakEnergy(), acquisition=acq, budget=args.budget, seed=seed
+                scope, PeakEnergy(), model=model, acquisition=acq, budget=args.budget, seed=seed
             ).run()
             m = metrics(res.measured.candidate, res.measured.values, cands, truth, args.budget)
             m["decide_s"] = float(np.median(res.step_times()))

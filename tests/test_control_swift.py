@@ -102,7 +102,16 @@ def test_remote_client_drives_usim_from_another_process(tmp_path):
     try:
         line = proc.stdout.readline()
         assert "PYRO:" in line, proc.stderr.read()
-        remote = RemoteMicroscope(line.split("stemedge serve: ")[1].strip(), certs, token=TOKEN)
+        uri = line.split("stemedge serve: ")[1].strip()
+        # refused on this server too: a wrong token, a disallowed operation, a bad range
+        intruder = RemoteMicroscope(uri, certs, token="not-the-token-0123456789")
+        with pytest.raises(Exception, match=r"(?i)handshake|denied|closed|token"):
+            intruder.state()
+        remote = RemoteMicroscope(uri, certs, token=TOKEN)
+        with pytest.raises(AttributeError):
+            remote._proxy().shutdown()
+        with pytest.raises(ValueError, match="outside the field of view"):
+            remote.move_probe((1e6, 0.0))
         s = remote.survey((32, 32), fov_A=500.0)
         assert s.image.shape == (32, 32)
         assert remote.frames_at([[10.0, 10.0]], exposure_ms=2.0).shape == (1, 256, 256)

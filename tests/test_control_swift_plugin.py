@@ -78,6 +78,18 @@ SWIFT_APP = textwrap.dedent(
 )
 
 
+def test_the_plugin_ships_its_manifest():
+    import importlib.resources
+
+    manifest = json.loads(
+        (
+            importlib.resources.files("nionswift_plugin.stemedge_control") / "manifest.json"
+        ).read_text()
+    )
+    assert manifest["identifier"] == "stemedge.control"
+    assert manifest["requires"] == ["nion.instrumentation-kit ~= 0.1"]  # loads after it
+
+
 def test_plugin_serves_usim_from_inside_swift(tmp_path):
     from stemedge.control.remote import RemoteMicroscope
 
