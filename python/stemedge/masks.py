@@ -118,6 +118,11 @@ class MaskSet:
         self.plan = _native.MaskPlan(arr, mode)
         self._fused_cache: dict = {}  # CoM mask + these masks, per CoM geometry (kernels.py)
 
+    def __reduce__(self):
+        # The native plan does not pickle; it is rebuilt from the weights (Dask workers,
+        # multiprocessing). Bit-identical: the plan is a pure function of (masks, mode).
+        return (MaskSet, (self.masks, list(self.names), self.mode))
+
     @property
     def det_shape(self) -> tuple[int, int]:
         return self.masks.shape[1], self.masks.shape[2]

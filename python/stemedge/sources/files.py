@@ -91,6 +91,13 @@ class _FileSource(Source):
     def _read(self, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError
 
+    def read_frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames at flat scan positions [start, stop), a new contiguous array (random access:
+        what a Dask partition reads)."""
+        if not (0 <= start <= stop <= self.n_frames):
+            raise IndexError(f"frames [{start}, {stop}) outside [0, {self.n_frames})")
+        return self._read(start, stop)
+
     def chunks(self, max_frames: int) -> Iterator[Chunk]:
         step = _check_max_frames(max_frames)
         for start in range(0, self.n_frames, step):
