@@ -409,6 +409,12 @@ class Pipeline:
                 rejected += w.rejected
         return partials, coverage.counts, rejected
 
+    def partials(self) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """The analyses' merged partials (in ``analyses`` order) and the coverage counts, not
+        finalised: what another process merges with its own (edge → HPC fan-out)."""
+        partials, cov, _ = self._merged()
+        return partials, cov
+
     def partial_results(self) -> dict[str, dict[str, np.ndarray]]:
         """Results of what has been processed so far (positions not yet seen are NaN)."""
         partials, cov, _ = self._merged()
