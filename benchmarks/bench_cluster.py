@@ -8,7 +8,8 @@ read). The analyses: CoM with virtual BF and ADF (the fused native pass) and the
 
 Rows, medians of ``--repeats`` runs:
 
-- **read once**: summing the file's bytes (the memory-bandwidth floor for one core);
+- **read once**: one native pass over the file's bytes (``stemedge.kernels.read_pass``, all
+  cores): the memory-bandwidth floor;
 - **in process**: ``run_offline`` on one thread (what a Dask worker does per partition);
 - **Dask, 1 worker** and **Dask, 2 workers**: ``run_on_cluster`` on a LocalCluster started
   beforehand (its start-up time is printed apart), four partitions per worker.
@@ -29,6 +30,7 @@ import numpy as np
 
 from stemedge.analysis import CenterOfMassAnalysis, MeanPattern, run_offline
 from stemedge.cluster import run_on_cluster
+from stemedge.kernels import read_pass
 from stemedge.masks import annulus, disk
 from stemedge.sim import shifted_disks
 
@@ -55,7 +57,7 @@ def median_time(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scan", type=int, default=128)
+    ap.add_argument("--scan", type=int, default=256)
     ap.add_argument("--det", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -73,7 +75,7 @@ def main() -> None:
         f"{gb:.2f} GB; medians of {args.repeats}"
     )
     mm = np.load(path, mmap_mode="r")
-    t_read = median_time(lambda: mm.sum(dtype=np.uint64), args.repeats)
+    t_read = median_time(lambda: read_pass(mm), args.repeats)
     t_one = median_time(lambda: run_offline(mm, analyses(args.det)), args.repeats)
     rows = {}
     for workers in (1, 2):
