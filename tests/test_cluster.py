@@ -56,7 +56,8 @@ def files(scan, tmp_path_factory):
     d = tmp_path_factory.mktemp("cluster")
     emd = write_emd(d / "scan.emd", scan.data, calibration=scan.calibration)
     np.save(d / "scan.npy", scan.data)
-    return {"emd": emd, "npy": d / "scan.npy"}
+    scan.data.tofile(d / "scan.raw")
+    return {"emd": emd, "npy": d / "scan.npy", "raw": d / "scan.raw"}
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +92,38 @@ def test_row_partitions_cover_the_scan_once():
         row_partitions(4, 0)
 
 
-@pytest.mark.parametrize("kind", ["emd", "npy"])
+@pytest.mark.parametrize("kind", ["emd", "npy", "raw"])
 def test_every_analysis_equals_the_single_process_run(kind, files, scan, client, reference):
+    opts = {"scan_shape": scan.data.shape[:2], "frame_shape": DET, "dtype": "float32"}
     run = run_on_cluster(
-        files[kind], _analyses(), cluster=client, rows=3, calibration=scan.calibration
+        files[kind],
+        _analyses(),
+        cluster=client,
+        rows=3,
+        calibration=scan.calibration,
+        open_kwargs=opts if kind == "raw" else None,
     )
     ny = scan.data.shape[0]
     assert run.workers == 2 and len(run.partitions) == -(-ny // 3)  # blocks of 3 rows
     np.testing.assert_array_equal(run.coverage, np.ones(scan.data.shape[:2], np.int64))
     _assert_identical(run.results, reference)
+
+
+def test_a_real_merlin_file_on_the_cluster(client):
+    from _helpers import MERLIN
+    from stemedge.sources.files import open_source
+
+    path = MERLIN / "Quad_9_Frame_CounterDepth_12_Rows_256.mib"
+    if not path.exists():
+        pytest.skip(f"no real Merlin data at {MERLIN}")
+    opts = {"scan_shape": (3, 3)}
+    src = open_source(path, **opts)
+    ref = run_offline(src, [MeanPattern(), MaxPattern()])
+    src.close()
+    run = run_on_cluster(
+        path, [MeanPattern(), MaxPattern()], cluster=client, rows=1, open_kwargs=opts
+    )
+    _assert_identical(run.results, ref)
 
 
 class _KillOnce:
