@@ -220,3 +220,20 @@ def test_stemedge_process_on_the_cluster_writes_the_same_results(files, tmp_path
         for name in ra:
             for key in ra[name]:
                 np.testing.assert_array_equal(rb[name][key], ra[name][key], err_msg=f"{name}/{key}")
+
+
+def test_slurm_jobs_are_written_as_asked():
+    # No SLURM scheduler here: check the job script dask-jobqueue would submit for us.
+    pytest.importorskip("dask_jobqueue")
+    from stemedge.cluster import slurm_cluster
+
+    cluster = slurm_cluster(
+        0, cores=8, memory="32GB", queue="gpu", walltime="01:00:00", account="stem"
+    )
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A stem", "#SBATCH -t 01:00:00", "--nthreads 8"):
+        assert line in script, script
+    assert "distributed.cli.dask_worker" in script and "--memory-limit 29.80GiB" in script

@@ -26,7 +26,14 @@ import numpy as np
 from stemedge.analysis.base import Analysis, Results
 from stemedge.calibration import Calibration
 
-__all__ = ["ClusterError", "ClusterRun", "connect", "row_partitions", "run_on_cluster"]
+__all__ = [
+    "ClusterError",
+    "ClusterRun",
+    "connect",
+    "row_partitions",
+    "run_on_cluster",
+    "slurm_cluster",
+]
 
 
 class ClusterError(RuntimeError):
@@ -51,10 +58,24 @@ def row_partitions(scan_y: int, rows: int) -> list[tuple[int, int]]:
     return [(y, min(y + rows, scan_y)) for y in range(0, scan_y, rows)]
 
 
-def connect(cluster: Any = "local", *, n_workers: int = 2, threads_per_worker: int = 1):
+def slurm_cluster(n_workers: int = 2, **job: Any):
+    """dask-jobqueue's SLURMCluster scaled to ``n_workers`` jobs; ``job`` (``cores``,
+    ``memory``, ``queue``, ``walltime``, ``account``, ``job_extra_directives`` …) overrides
+    dask's ``jobqueue.slurm`` configuration. One worker process per job, one thread per core."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as e:
+        raise ImportError("a SLURM cluster needs dask-jobqueue: pip install dask-jobqueue") from e
+    opts = {"cores": 1, "memory": "4GB", "processes": 1, **job}
+    cluster = SLURMCluster(**opts)
+    cluster.scale(jobs=n_workers)
+    return cluster
+
+
+def connect(cluster: Any = "local", *, n_workers: int = 2, threads_per_worker: int = 1, **job: Any):
     """A ``distributed.Client``: ``"local"`` (a LocalCluster of ``n_workers`` processes), a
-    scheduler address (``"tcp://host:8786"``), ``"slurm"`` (dask-jobqueue's SLURMCluster,
-    scaled to ``n_workers`` jobs; configure it in dask's jobqueue config) or a Client itself."""
+    scheduler address (``"tcp://host:8786"``), ``"slurm"`` (:func:`slurm_cluster`, ``job``
+    passed on) or a Client itself."""
     from distributed import Client, LocalCluster
 
     if isinstance(cluster, Client):
