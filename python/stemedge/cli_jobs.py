@@ -262,6 +262,10 @@ def run_process(args: argparse.Namespace) -> int:
 
 def _run_cluster(args, source, out: Path) -> int:
     """``stemedge process --cluster``: the same analyses on Dask, results into the EMD file."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError("--cluster needs Dask: pip install 'stemedge[dask]'") from None
     from stemedge.cluster import run_on_cluster
     from stemedge.io.emd import EMDWriter
 

@@ -85,6 +85,10 @@ def _microscope(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ValueError("steering needs scikit-learn: pip install 'stemedge[steer]'") from None
     from stemedge.steer import ComShift, PeakEnergy, SteeringLoop
 
     out = Path(args.out)
