@@ -55,6 +55,15 @@ def unpack(d: Any) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype).reshape(shape)
 
 
+def _current_connection() -> Any:
+    try:
+        import Pyro5.api
+
+        return Pyro5.api.current_context.client
+    except Exception:  # called outside a Pyro5 request (tests, in-process use)
+        return None
+
+
 def _pair(value: Any, name: str) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise TypeError(f"{name} must be a (y, x) pair")
@@ -96,10 +105,12 @@ class _Scan:
 
     _END = object()
 
-    def __init__(self, chunks, max_frames: int) -> None:
+    def __init__(self, chunks, max_frames: int, owner: Any = None) -> None:
         self.max_frames = max_frames
+        self.owner = owner  # the connection that started it: its scans end with it
         self.queue: queue.Queue = queue.Queue(maxsize=64)  # backpressure on the source
         self.done = False
+        self.cancelled = False
         self.error: BaseException | None = None
         self.thread = threading.Thread(
             target=self._pull, args=(chunks,), name="stemedge-scan", daemon=True
@@ -109,12 +120,25 @@ class _Scan:
     def _pull(self, chunks) -> None:
         try:
             for chunk in chunks:
+                if self.cancelled:
+                    break
                 # copies: a source may reuse its buffers once it is asked for the next stack
                 self.queue.put((np.array(chunk.frames), np.asarray(chunk.indices, np.int64)))
         except BaseException as e:
             self.error = e
         finally:
+            if self.cancelled:
+                chunks.close()  # the source's own cleanup: an instrument stops acquiring
             self.queue.put(self._END)
+
+    def cancel(self) -> None:
+        """Stop pulling (the client is gone): unblock a full queue, end the source."""
+        self.cancelled = True
+        try:
+            while True:
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
 
     def take(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         frames: list[np.ndarray] = []
@@ -194,8 +218,9 @@ class MicroscopeService:
         start = self._scope.scan_4d if kind == "4d" else self._scope.scan_spectra
         source = start(_size(size), exposure_ms=_number(exposure_ms, "exposure_ms"))
         scan_id = f"scan-{next(self._ids)}"
+        owner = _current_connection()
         with self._lock:
-            self._scans[scan_id] = _Scan(source.chunks(n), n)
+            self._scans[scan_id] = _Scan(source.chunks(n), n, owner)
         reply = {"scan_id": scan_id, "geometry": source.geometry.to_dict()}
         if kind == "spectra":
             reply["energy_eV"] = pack(np.asarray(source.energy_eV, np.float32))
@@ -233,6 +258,19 @@ class MicroscopeService:
 
     def abort(self) -> None:
         self._scope.abort()
+
+    def _drop_scans_of(self, connection: Any) -> int:
+        """End the scans a disconnected client started (called by the daemon, not exposed)."""
+        with self._lock:
+            gone = [k for k, v in self._scans.items() if v.owner is connection]
+            scans = [self._scans.pop(k) for k in gone]
+        for scan in scans:
+            scan.cancel()
+        return len(scans)
+
+    def _running_scans(self) -> int:
+        with self._lock:
+            return len(self._scans)
 
 
 def _register_errors() -> None:
@@ -286,9 +324,11 @@ def serve(
     port: int = 0,
     ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    service_out: list | None = None,
 ) -> None:
     """Serve ``microscope`` until ``stop`` is set (or forever). ``ready(uri)`` is called once the
-    daemon listens."""
+    daemon listens; ``service_out``, a list, receives the served MicroscopeService (in-process
+    inspection)."""
     import Pyro5.api
     import Pyro5.errors
 
@@ -296,15 +336,22 @@ def serve(
         raise ValueError("the token must be a string of at least 16 characters")
     configure_tls(certs, server=True)
 
+    service_cls = Pyro5.api.behavior(instance_mode="single")(Pyro5.api.expose(MicroscopeService))
+    service = service_cls(microscope)
+
     class _Daemon(Pyro5.api.Daemon):
         def validateHandshake(self, conn, data):
             if not isinstance(data, str) or not hmac.compare_digest(data.encode(), token.encode()):
                 raise Pyro5.errors.SecurityError("refused: wrong or missing token")
             return "stemedge"
 
-    service_cls = Pyro5.api.behavior(instance_mode="single")(Pyro5.api.expose(MicroscopeService))
+        def clientDisconnect(self, conn):
+            service._drop_scans_of(conn)  # nothing keeps acquiring for a client that is gone
+
+    if service_out is not None:
+        service_out.append(service)
     with _Daemon(host=host, port=port) as daemon:
-        uri = daemon.register(service_cls(microscope), OBJECT_ID)
+        uri = daemon.register(service, OBJECT_ID)
         if ready is not None:
             ready(str(uri))
         flag = stop or threading.Event()
