@@ -47,6 +47,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import cryptography  # noqa: F401
+        import Pyro5  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "serving needs Pyro5 and cryptography: pip install 'stemedge[control]'"
+        ) from None
     from stemedge.control.certs import CertificatePaths, make_certificates
     from stemedge.control.server import serve
     from stemedge.control.simulated import SimulatedMicroscope
@@ -64,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{path} is missing; create the certificates with --make-certs")
     stop = None
     if args.backend in ("swift", "usim"):
+        try:
+            import nion.instrumentation  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--backend swift needs Nion Swift's instrumentation and simulator: "
+                "pip install 'stemedge[swift]' (Python >= 3.11)"
+            ) from None
         from stemedge.control.swift import SwiftMicroscope, start_usim
 
         cfg, stop = start_usim()
