@@ -3,6 +3,7 @@ token; results equal the in-process microscope, and every wrong client is refuse
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -208,3 +209,39 @@ def test_abort_reaches_a_long_remote_acquisition(remote):
     t.join(timeout=60)
     assert errors and "aborted" in str(errors[0])
     assert remote.frames_at([[1.0, 1.0]]).shape == (1, 64, 64)  # the next call works
+
+
+def test_stemedge_steer_drives_a_remote_microscope(server, tmp_path):
+    pytest.importorskip("sklearn")
+    uri, certs = server
+    out = tmp_path / "steer"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemedge",
+            "steer",
+            "--remote",
+            uri,
+            "--certs",
+            str(certs.directory),
+            "--budget",
+            "6",
+            "--init",
+            "3",
+            "--survey",
+            "32",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**subprocess_env(), "STEMEDGE_TOKEN": TOKEN},
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "6 measurements" in run.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["measurements"] == 6 and "truth_max" not in summary  # remote: no truth
+    assert (out / "steer.png").stat().st_size > 10_000 and (out / "steer.emd").exists()
