@@ -314,6 +314,24 @@ def test_decode_into_a_wrong_buffer_is_refused(blobs):
         _native.codec_decompress(chunk, out=np.empty(a.shape, np.float32))
 
 
+def test_unverified_header_read_still_catches_corruption_when_decoding(blobs):
+    # codec_info(verify=False) and decoding into `out` skip a checksum pass; the decoder's own
+    # check must still refuse a corrupt body, and a container with one must not decode.
+    a, chunk = blobs["dense"]
+    bad = bytearray(chunk)
+    bad[len(bad) // 2] ^= 0x10
+    assert _native.codec_info(bytes(bad), verify=False)["shape"] == a.shape
+    with pytest.raises(ValueError, match="checksum"):
+        _native.codec_info(bytes(bad))
+    out = np.zeros_like(a)
+    with pytest.raises(ValueError, match="checksum"):
+        _native.codec_decompress(bytes(bad), out=out)
+    blob = bytearray(compress(a, nthreads=1))
+    blob[len(blob) - len(chunk) // 2] ^= 0x10
+    with pytest.raises(CodecError, match="checksum"):
+        decompress(bytes(blob), nthreads=1)
+
+
 def test_top_level_api_and_info():
     a = _counted((300, 20, 20), 2.0, np.uint16)
     blob = stemedge.compress(a, chunk_frames=64)

@@ -322,11 +322,13 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
         off[p] = static_cast<std::uint32_t>(((p & 3) * n_used + k) * stride);
         psh[p] = static_cast<std::uint8_t>(shift[k]);
     }
-    // The residual histograms come from every k-th frame (≥ 64 frames): the tables need the
-    // distribution's shape, not every count. Unsampled frames may hold values the sample did not
+    // The residual histograms come from every k-th frame (≥ 32 frames and ≥ 2^19 values): the
+    // tables need the distribution's shape, not every count (32 rather than 64 frames: 6 % faster
+    // encoding of set B, 0.01 % larger). Unsampled frames may hold values the sample did not
     // see: every bucket in the seen range keeps a non-zero frequency, and values beyond it (rare:
     // the sample spans the tails) are escapes, which always keep one too.
-    const std::uint64_t k_frames = std::max<std::uint64_t>(1, frames / 64);
+    const std::uint64_t hist_frames = std::max<std::uint64_t>(32, ((1u << 19) + pixels - 1) / pixels);
+    const std::uint64_t k_frames = std::max<std::uint64_t>(1, frames / hist_frames);
     for (std::uint64_t f = 0; f < frames; f += k_frames) {
         const T* row = x + f * pixels;
         for (std::uint64_t p = 0; p < pixels; ++p) {
@@ -1188,16 +1190,15 @@ int64_t se_compress(const void* src, const se_params* p, void* dst, size_t dst_c
     }
 }
 
-int se_info_get(const void* blob, size_t blob_nbytes, se_info* out) {
+static int info_get(const void* blob, size_t blob_nbytes, se_info* out, bool verify) {
     if (!blob || !out) return SE_ERR_ARG;
     try {
         const auto* b = static_cast<const std::uint8_t*>(blob);
         const auto h = stemedge::codec::read_header(b, blob_nbytes);
-        // Verified here too: callers allocate raw_nbytes on the strength of this header.
         const std::size_t covered = h.header_nbytes + h.body_nbytes;
         std::uint32_t crc;
         std::memcpy(&crc, b + covered, 4);
-        if (stemedge::codec::crc32c(b, covered) != crc) return SE_ERR_CHECKSUM;
+        if (verify && stemedge::codec::crc32c(b, covered) != crc) return SE_ERR_CHECKSUM;
         out->dtype = h.dtype;
         out->ndim = h.ndim;
         out->mode = h.mode;
@@ -1213,6 +1214,15 @@ int se_info_get(const void* blob, size_t blob_nbytes, se_info* out) {
     } catch (...) {
         return SE_ERR_CORRUPT;
     }
+}
+
+int se_info_get(const void* blob, size_t blob_nbytes, se_info* out) {
+    // Verified: callers allocate raw_nbytes on the strength of this header.
+    return info_get(blob, blob_nbytes, out, true);
+}
+
+int se_info_peek(const void* blob, size_t blob_nbytes, se_info* out) {
+    return info_get(blob, blob_nbytes, out, false);
 }
 
 int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t dst_capacity) {

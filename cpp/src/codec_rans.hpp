@@ -76,6 +76,10 @@ class RansEncoder {
     std::vector<std::uint32_t> x_;
     std::unique_ptr<std::uint16_t[]> words_;  // not zeroed: only the emitted words are read
     std::uint64_t n_words_ = 0;
+    // put() appends words in emission order, reversed by finish(). The vector encoder instead
+    // fills words_ from the end down, already in decoding order: words_[first_, first_ + n_words_).
+    bool in_order_ = false;
+    std::uint64_t first_ = 0;
     std::uint32_t mask_;
     unsigned log2_lanes_;
     std::uint64_t j_, n_ops_;

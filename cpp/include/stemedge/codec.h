@@ -74,6 +74,10 @@ int64_t se_compress(const void* src, const se_params* p, void* dst, size_t dst_c
 /* Header of a chunk (validated and checksummed; model and payload not decoded). */
 int se_info_get(const void* blob, size_t blob_nbytes, se_info* out);
 
+/* The same without the chunk checksum (the header's own consistency is still checked): for a
+ * caller that decodes into a buffer it already has, where se_decompress verifies everything. */
+int se_info_peek(const void* blob, size_t blob_nbytes, se_info* out);
+
 /* Decode one chunk into dst (exactly info.raw_nbytes bytes). Returns the bytes written or a
  * negative se_error; on error dst may hold partial data. */
 int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t dst_capacity);
