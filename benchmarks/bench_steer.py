@@ -1,6 +1,6 @@
 """Active-learning steering against random and raster sampling on scenes with a hidden property.
 
-    python benchmarks/bench_steer.py [--seeds 5] [--budget 40] [--dkl]
+    python benchmarks/bench_steer.py [--seeds 5] [--budget 40] [--dkl] [--botorch]
 
 The scene (``stemedge.sim.clustered_lattice``, 200 Å square): dopants gather in clusters and
 in a domain; the hidden property is the plasmon energy, 16 eV + 8 eV × the local dopant
@@ -12,6 +12,7 @@ Strategies at the same budget, each seed the same scene and noise model:
 
 - **steer**: ``SteeringLoop`` with the default GP model and UCB (5 random points first);
 - **steer-dkl** (``--dkl``): the same with the deep-kernel model;
+- **qlognei** (``--botorch``): the same with BoTorch's qLogNoisyExpectedImprovement;
 - **both**: the same alternating UCB and integrated variance reduction, step by step;
 - **map**: the same with integrated-variance-reduction acquisition (mapping, not maximising);
 - **maxvar**: the same with max-variance acquisition (the textbook mapping rule);
@@ -130,9 +131,10 @@ def raster_order(cands, budget: int) -> np.ndarray:
     return grid[np.linspace(0, len(grid) - 1, budget).round().astype(int)]
 
 
-def step_times(cands, truth, model_factory) -> dict[int, tuple[float, float]]:
+def step_times(cands, truth, model_factory, acq: str = "ucb") -> dict[int, tuple[float, float]]:
     """Decision time of the steps around n measured points, as a loop meets them: the model
-    is warm (fitted at n − 11 first), then 21 steps add one point each. (median, max)."""
+    is warm (fitted at n − 11 first), then 21 steps add one point each. (median, max).
+    ``acq``: "ucb" (numpy) or a BoTorch q-acquisition (one point per step)."""
     rng = np.random.default_rng(0)
     order = rng.choice(len(cands), 230, replace=False)
     y_all = truth[order] + rng.normal(0, 0.05, len(order))
@@ -148,12 +150,28 @@ def step_times(cands, truth, model_factory) -> dict[int, tuple[float, float]]:
             t0 = time.perf_counter()
             model.fit(cands.features[order[:k]], y_all[:k])
             mean, std = model.predict(cands.features)
-            select_batch(
-                scores("ucb", mean, std, best=float(y_all[:k].max())),
-                cands.positions_A,
-                1,
-                exclude=taken,
-            )
+            if acq == "ucb":
+                select_batch(
+                    scores("ucb", mean, std, best=float(y_all[:k].max())),
+                    cands.positions_A,
+                    1,
+                    exclude=taken,
+                )
+            else:
+                from stemedge.steer.botorch_acq import select_botorch
+
+                select_botorch(
+                    acq,
+                    model,
+                    cands.features,
+                    mean,
+                    std,
+                    1,
+                    exclude=taken,
+                    positions_A=cands.positions_A,
+                    measured=cands.features[order[:k]],
+                    best=float(y_all[:k].max()),
+                )
             times.append(time.perf_counter() - t0)
         out[n] = (statistics.median(times), max(times))
     return out
@@ -204,12 +222,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--dkl", action="store_true", help="also time the DKL model (needs torch)")
+    ap.add_argument(
+        "--botorch", action="store_true", help="also BoTorch's qLogNEI (needs torch, botorch)"
+    )
     ap.add_argument("--timing-only", action="store_true", help="only the decision times")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; budget {args.budget}; seeds {args.seeds}")
     names = ("steer", "both", "map", "maxvar", "sparse-ivr", "sparse-maxvar", "random", "raster")
     if args.dkl:
         names = ("steer", "steer-dkl", *names[1:])
+    if args.botorch:
+        names = ("steer", "qlognei", *names[1:])
     rows: dict[str, list[dict]] = {k: [] for k in names}
     floor: list[float] = []
     for seed in range(0 if args.timing_only else args.seeds):
@@ -217,6 +240,8 @@ def main() -> None:
         loops = (("steer", "ucb"), ("both", "ucb+ivr"), ("map", "ivr"), ("maxvar", "maxvar"))
         if args.dkl:
             loops = (loops[0], ("steer-dkl", "ucb"), *loops[1:])
+        if args.botorch:
+            loops = (loops[0], ("qlognei", "qlognei"), *loops[1:])
         for name, acq in loops:
             scope = SimulatedMicroscope(scope.sample, dose_per_ms=2e4, seed=seed)
             model = None
@@ -272,8 +297,11 @@ def main() -> None:
         models["DKLModel"] = lambda: DKLModel(seed=0)
     print(f"\ndecision time per step (fit, predict {len(cands)} candidates, UCB), steps around")
     print("n measured points, median (max) of 21 steps:")
-    for name, factory in models.items():
-        t = step_times(cands, truth, factory)
+    runs = [(name, factory, "ucb") for name, factory in models.items()]
+    if args.botorch:
+        runs.append(("GPModel + qLogNEI", models["GPModel"], "qlognei"))
+    for name, factory, acq in runs:
+        t = step_times(cands, truth, factory, acq)
         print(
             f"  {name}: "
             + ", ".join(f"{n}: {v[0] * 1e3:.0f} ({v[1] * 1e3:.0f}) ms" for n, v in t.items())

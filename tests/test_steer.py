@@ -101,6 +101,14 @@ def test_gp_model_interpolates_and_knows_where_it_has_not_looked():
     draw = m.sample(x[::20], np.random.default_rng(0))
     assert draw.shape == (20,) and np.isfinite(draw).all()
     assert set(m.state()) >= {"amplitude", "length_scale", "noise"}
+    # the joint posterior over small sets (BoTorch's q-acquisitions): each set's block of the
+    # full posterior covariance, and the means
+    sets = x[[[3, 150, 390], [0, 1, 2], [399, 200, 100]]]
+    jm, jc = m.joint(sets)
+    assert jm.shape == (3, 3) and jc.shape == (3, 3, 3)
+    for k in range(3):
+        np.testing.assert_allclose(jm[k], m.predict(sets[k])[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(jc[k], m.covariance(sets[k], sets[k]), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="finite"):
         m.fit(x[:3], [1.0, np.nan, 2.0])
 
@@ -280,3 +288,25 @@ def test_bad_configurations_are_refused(scene):
     nothing = FunctionScalarizer(lambda d, e: np.full(len(d), np.nan), name="nothing")
     with pytest.raises(ValueError, match="nothing: no finite value in 4 measurements"):
         SteeringLoop(scope, nothing, budget=8, n_init=4, survey_size=(32, 32), patch=8).run()
+
+
+def test_botorch_acquisitions_name_their_install_when_botorch_is_missing(scene, monkeypatch):
+    import sys
+
+    from stemedge.steer.botorch_acq import select_botorch
+
+    monkeypatch.setitem(sys.modules, "botorch", None)  # as if not installed
+    loop = _loop(_scope(scene), acquisition="ucb+qlognei", budget=8)  # a known name: accepted
+    with pytest.raises(ImportError, match="pip install"):
+        loop.run()
+    z = np.zeros((3, 2))
+    with pytest.raises(ImportError, match="botorch"):
+        select_botorch("qucb", None, z, z[:, 0], z[:, 0], 1, exclude=np.zeros(3, bool),
+                       positions_A=z, measured=z, best=0.0)  # fmt: skip
+
+
+def test_steer_cli_refuses_an_unknown_acquisition(capsys):
+    from stemedge.cli import main
+
+    assert main(["steer", "--acquisition", "ucb+best"]) == 2  # argparse's usage error
+    assert "use one of ucb, ei, maxvar, ivr, thompson, qucb" in capsys.readouterr().err

@@ -64,6 +64,13 @@ def test_dkl_posterior_matches_gpytorch_and_sample_has_its_moments(data, fitted)
     s, m0 = fitted._y_std, fitted._y_mean
     np.testing.assert_allclose(mean[:40], f.mean.numpy() * s + m0, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(std[:40], np.sqrt(f.variance.numpy()) * s, rtol=1e-5, atol=1e-7)
+    # the joint posterior over small sets (BoTorch's q-acquisitions): blocks of gpytorch's
+    jm, jc = fitted.joint(x_test[:12].reshape(4, 3, -1))
+    full = f.covariance_matrix.numpy() * s**2
+    for k in range(4):
+        np.testing.assert_allclose(jm[k], mean[3 * k : 3 * k + 3], rtol=1e-7, atol=1e-8)
+        block = full[3 * k : 3 * k + 3, 3 * k : 3 * k + 3]
+        np.testing.assert_allclose(jc[k], block, rtol=1e-5, atol=1e-7 * s**2)
     # joint draws: right shape, reproducible with the generator, centred on the mean
     x5 = x_test[:5]
     with warnings.catch_warnings():

@@ -14,6 +14,18 @@ from stemedge.cli_types import float_at_least, int_at_least
 __all__ = ["register", "run"]
 
 
+def _acquisition(text: str) -> str:
+    from stemedge.steer.acquisition import ACQUISITIONS
+    from stemedge.steer.botorch_acq import BOTORCH_ACQUISITIONS
+
+    known = ACQUISITIONS + BOTORCH_ACQUISITIONS
+    if not all(k in known for k in text.split("+")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use one of {', '.join(known)}, or several joined by '+'"
+        )
+    return text
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``steer`` to the main parser's subcommands."""
     p = subparsers.add_parser(
@@ -40,9 +52,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--init", type=int_at_least(1), default=5, help="random first measurements")
     p.add_argument(
         "--acquisition",
-        choices=("ucb", "ei", "maxvar", "thompson"),
+        type=_acquisition,
         default=None,
-        help="default ucb (maxvar with --sparse)",
+        help=(
+            "ucb, ei, maxvar, ivr, thompson, or BoTorch's qucb, qlogei, qlognei (extra dkl); "
+            "several joined by '+' take turns (ucb+ivr). Default ucb (maxvar with --sparse)"
+        ),
     )
     p.add_argument("--q", type=int_at_least(1), default=1, help="points per step (default 1)")
     p.add_argument(

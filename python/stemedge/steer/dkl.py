@@ -247,6 +247,26 @@ class DKLModel(Model):
         std = np.sqrt(np.maximum(var, 0.0)) * self._y_std
         return mean * self._y_std + self._y_mean, std
 
+    def joint(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 3:
+            raise ValueError(f"joint needs x (b, n, d), got {x.shape}")
+        b, n, d = x.shape
+        tx = self._x(x.reshape(b * n, d), "asking for a joint posterior")
+        torch, gp = self._torch, self._gp
+        with self._threads(), torch.no_grad():
+            z_train, chol, alpha = self._cache()
+            z = gp.net(tx)
+            k = gp.covar_module(z, z_train).to_dense()  # (b·n, N)
+            v = torch.linalg.solve_triangular(chol, k.T, upper=False).T.reshape(b, n, -1)
+            mean = (k @ alpha + gp.mean_module.constant).reshape(b, n)
+            prior = gp.covar_module(z.reshape(b, n, -1)).to_dense()  # (b, n, n)
+            cov = prior - v @ v.transpose(1, 2)
+        return (
+            mean.numpy().astype(np.float64) * self._y_std + self._y_mean,
+            cov.numpy().astype(np.float64) * self._y_std**2,
+        )
+
     def sample(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One joint draw of the latent posterior at ``x``, from ``rng`` (not torch's RNG)."""
         tx = self._x(x, "sampling")

@@ -17,6 +17,7 @@ import numpy as np
 
 from stemedge.control.microscope import Microscope, SurveyImage
 from stemedge.steer.acquisition import ACQUISITIONS, scores, select_batch
+from stemedge.steer.botorch_acq import BOTORCH_ACQUISITIONS
 from stemedge.steer.features import Candidates, candidates_from_survey, candidates_on_grid
 from stemedge.steer.models import GPModel, Model
 from stemedge.steer.record import Measurements, read_record, write_record
@@ -103,9 +104,11 @@ class SteeringLoop:
         Turns each measurement into the property.
     model : Model, optional
         Default :class:`GPModel` (scikit-learn).
-    acquisition : {"ucb", "ei", "maxvar", "ivr", "thompson"} or several joined by "+"
-        How candidates are scored (``beta``: UCB's exploration weight); "ucb+ivr" alternates
-        looking for the maximum and improving the map.
+    acquisition : str
+        "ucb", "ei", "maxvar", "ivr", "thompson", "qucb", "qlogei", "qlognei", or several
+        joined by "+" (taken in turn): how candidates are scored (``beta``: UCB's exploration weight); "ucb+ivr" alternates
+        looking for the maximum and improving the map. The q-acquisitions are BoTorch's,
+        valuing a batch jointly (:mod:`stemedge.steer.botorch_acq`; need torch and BoTorch).
     q, exclusion_A : int, float
         Points per step, and how far apart (Å) the points of one step must be.
     n_init : int
@@ -160,10 +163,10 @@ class SteeringLoop:
         step_budget_s: float = 0.2,
         seed: int = 0,
     ) -> None:
-        if not all(k in ACQUISITIONS for k in acquisition.split("+")):
+        if not all(k in ACQUISITIONS + BOTORCH_ACQUISITIONS for k in acquisition.split("+")):
             raise ValueError(
-                f"acquisition must be one of {ACQUISITIONS} or several joined by '+' "
-                f"(taken in turn, step by step), got {acquisition!r}"
+                f"acquisition must be one of {ACQUISITIONS + BOTORCH_ACQUISITIONS} or several "
+                f"joined by '+' (taken in turn, step by step), got {acquisition!r}"
             )
         if goal not in ("max", "min"):
             raise ValueError(f"goal must be 'max' or 'min', got {goal!r}")
@@ -339,19 +342,39 @@ class SteeringLoop:
         if n > 0:
             best = float(np.max(sign * measured.values[ok])) if ok.any() else 0.0
             kinds = c["acquisition"].split("+")
-            score = scores(
-                kinds[len(measured.steps) % len(kinds)],
-                mean,
-                std,
-                best=best,
-                beta=c["beta"],
-                model=self.model,
-                features=cands.features,
-                rng=rng,
-            )
-            batch = select_batch(
-                score, cands.positions_A, n, exclude=taken, exclusion_A=c["exclusion_A"]
-            )
+            kind = kinds[len(measured.steps) % len(kinds)]
+            if kind in BOTORCH_ACQUISITIONS:
+                from stemedge.steer.botorch_acq import select_botorch
+
+                batch = select_botorch(
+                    kind,
+                    self.model,
+                    cands.features,
+                    mean,
+                    std,
+                    n,
+                    exclude=taken,
+                    positions_A=cands.positions_A,
+                    measured=cands.features[measured.candidate[ok]],
+                    best=best,
+                    beta=c["beta"],
+                    exclusion_A=c["exclusion_A"],
+                    seed=int(rng.integers(2**31)),
+                )
+            else:
+                score = scores(
+                    kind,
+                    mean,
+                    std,
+                    best=best,
+                    beta=c["beta"],
+                    model=self.model,
+                    features=cands.features,
+                    rng=rng,
+                )
+                batch = select_batch(
+                    score, cands.positions_A, n, exclude=taken, exclusion_A=c["exclusion_A"]
+                )
         t3 = time.perf_counter()
         timing = {
             "fit_s": t1 - t0,

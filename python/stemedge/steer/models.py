@@ -31,6 +31,12 @@ class Model(abc.ABC):
     def sample(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One joint posterior draw at ``x`` (m,)."""
 
+    def joint(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Joint posterior of the latent property over each of ``b`` small sets of points,
+        ``x`` (b, n, d): means (b, n) and covariances (b, n, n). BoTorch's batch acquisitions
+        (:mod:`stemedge.steer.botorch_acq`) need it."""
+        raise NotImplementedError(f"{type(self).__name__} has no joint posterior")
+
     def state(self) -> dict[str, Any]:
         """JSON-able hyperparameters, for the steering record."""
         return {}
@@ -149,6 +155,19 @@ class GPModel(Model):
         d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * (a @ b.T)
         prior = self._amp * np.exp(np.maximum(d2, 0.0) * (-0.5 / self._ell**2))
         return self._y_std**2 * (prior - va @ vb.T)
+
+    def joint(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        if self._gp is None:
+            raise RuntimeError("fit the model before asking for a joint posterior")
+        b, n, d = x.shape
+        k, v = self._kernel_rows(x.reshape(b * n, d))
+        mean = self._y_mean + self._y_std * (k @ self._alpha).reshape(b, n)
+        v = v.reshape(b, n, -1)
+        sq = (x**2).sum(-1)
+        d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * (x @ x.transpose(0, 2, 1))
+        prior = self._amp * np.exp(np.maximum(d2, 0.0) * (-0.5 / self._ell**2))
+        return mean, self._y_std**2 * (prior - v @ v.transpose(0, 2, 1))
 
     def noise_variance(self) -> float:
         """The fitted observation-noise variance, in the units of y²."""
