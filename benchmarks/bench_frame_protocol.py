@@ -2,12 +2,16 @@
 
     python benchmarks/bench_frame_protocol.py [--repeats 5] [--frames 4096] [--transports tcp ipc]
 
-``STEMEDGE_BENCH_FPM=64`` sends 64 frames per message (8 MiB) instead of 16.
+``STEMEDGE_BENCH_FPM=64`` sends 64 frames per message (8 MiB) instead of 16. ``--untuned`` leaves
+glibc malloc's thresholds at their defaults (receivers normally raise them, process-wide:
+``stemedge.net.malloc_tuning``), to see what that is worth.
 
 What is measured, all in one run, medians of ``--repeats`` (interleaved rounds):
 
 * ``ring``: frames 256×256 uint16, ``frames_per_message`` = ``slot_frames`` = 16 (2 MiB messages),
-  received with ``FrameReceiver.feed`` straight into ring slots; a consumer thread releases them.
+  received with ``FrameReceiver.feed``; a consumer thread releases them. Two ways: "lent" (the
+  default: each message's frames handed to the ring as a view of libzmq's buffer, no copy) and
+  "recv_into slots" (``lend_bytes=None``: copied out of libzmq into the ring's slab).
   GB/s = accepted payload bytes / (END − BEGIN) at the receiver. The frame accounting
   ``sent = processed + dropped + rejected`` is checked after every run.
 * ``raw zmq``: the ceiling for this transport — the same two-part messages over a plain
@@ -111,8 +115,17 @@ def _drain(ep: str, n_messages: int) -> None:
 
 
 # -- receiver side ------------------------------------------------------------------------------
-def _ring_run(conn, ep: str, n: int) -> tuple[float, dict]:
-    rx = FrameReceiver(ep, stall_timeout_s=20, begin_timeout_s=20)
+TUNE_MALLOC = True  # --untuned: glibc's default thresholds (every large message faulted in)
+
+
+def _ring_run(conn, ep: str, n: int, lend: bool = True) -> tuple[float, dict]:
+    rx = FrameReceiver(
+        ep,
+        stall_timeout_s=20,
+        begin_timeout_s=20,
+        lend_bytes=(256 << 10) if lend else None,
+        tune_malloc=TUNE_MALLOC,
+    )
     try:
         conn.send(("sefp", ep, n))
         g = rx.geometry  # BEGIN received: the clock starts
@@ -228,7 +241,16 @@ def main() -> None:
     ap.add_argument("--transports", nargs="+", default=["tcp", "ipc"])
     ap.add_argument("--no-sink", action="store_true", help="skip the sink hand-off comparison")
     ap.add_argument("--runs", action="store_true", help="print every run, not just the summary")
+    ap.add_argument(
+        "--untuned", action="store_true", help="leave glibc malloc's thresholds at their defaults"
+    )
     args = ap.parse_args()
+    global TUNE_MALLOC
+    TUNE_MALLOC = not args.untuned
+    if TUNE_MALLOC:  # before any run, raw ones included: one process-wide setting for all
+        from stemedge.net.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()
     n = args.frames // FPM * FPM
 
     parent, child = mp.get_context("spawn").Pipe()
@@ -245,7 +267,9 @@ def main() -> None:
                     _raw_run(parent, _endpoint(tr, f"raw{r}", ipc_dir), n)
                 )
                 gbps, acct = _ring_run(parent, _endpoint(tr, f"ring{r}", ipc_dir), n)
-                res.setdefault((tr, "SEFP → ring (FrameReceiver.feed)"), []).append(gbps)
+                res.setdefault((tr, "SEFP → ring, messages lent"), []).append(gbps)
+                gbps, acct = _ring_run(parent, _endpoint(tr, f"copy{r}", ipc_dir), n, lend=False)
+                res.setdefault((tr, "SEFP → ring, recv_into slots"), []).append(gbps)
         # the sink runs come after, not interleaved: receive runs that followed them were
         # noisier (the sender process had just been a drainer)
         for r in range(0 if args.no_sink else args.repeats):
@@ -265,7 +289,8 @@ def main() -> None:
     print(
         f"\nSEFP loopback, {n} frames of {SHAPE[0]}×{SHAPE[1]} uint16 per run "
         f"({n * FRAME_BYTES / 2**20:.0f} MiB), {FPM} frames/message, {os.cpu_count()} cores, "
-        f"median of {args.repeats} (load {load0:.1f} → {load1:.1f})\n"
+        f"median of {args.repeats} (load {load0:.1f} → {load1:.1f}); malloc thresholds "
+        f"{'raised (stemedge.net.malloc_tuning)' if TUNE_MALLOC else 'glibc defaults'}\n"
     )
     print(f"| {'transport':9} | {'path':36} | {'GB/s median':>11} | {'min':>5} | {'max':>5} |")
     print(f"|{'-' * 11}|{'-' * 38}|{'-' * 12}:|{'-' * 6}:|{'-' * 6}:|")

@@ -260,11 +260,12 @@ def test_byte_ranges_cover_the_frame_at_whole_pixels():
 
 
 # -- transfers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("lend_bytes", [None, 1])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float32])
-def test_stacks_from_another_process_reach_the_ring_intact(tmp_path, dtype):
+def test_stacks_from_another_process_reach_the_ring_intact(tmp_path, dtype, lend_bytes):
     g = ScanGeometry((7, 9), (12, 10), dtype)
     data = scan_data(g)
-    with FrameReceiver(LOOPBACK, stall_timeout_s=10) as rx:
+    with FrameReceiver(LOOPBACK, stall_timeout_s=10, lend_bytes=lend_bytes) as rx:
         with sender_processes(tmp_path, rx.endpoint, g, data, fpm=4):
             out, seen, counters = receive_into_ring(rx, slots=3, slot_frames=8)
         assert rx.geometry == g and rx.metadata == {"from": "subprocess"} and rx.scan_id == 99
@@ -275,6 +276,10 @@ def test_stacks_from_another_process_reach_the_ring_intact(tmp_path, dtype):
     assert stats["accepted"] == stats["expected"] == g.n_positions
     assert stats["rejected"] == stats["missing"] == stats["dropped"] == 0
     assert stats["rejected_by_reason"] == {}
+    # lend_bytes=1: every message lent to the ring as libzmq's buffer; None: every one copied
+    frames_messages = stats["messages"] - 2 * stats["senders"]  # less BEGIN and END
+    assert frames_messages > 0
+    assert stats["messages_lent"] == (0 if lend_bytes is None else frames_messages)
 
 
 def test_split_frames_from_three_sender_processes_are_reassembled(tmp_path):
@@ -519,10 +524,11 @@ def test_full_cache_gives_up_the_oldest_split_frame():
     assert stats["rejected"] == 1 and stats["missing"] == 0
 
 
-def test_drop_policy_accounts_for_every_frame():
+@pytest.mark.parametrize("lend_bytes", [None, 1])
+def test_drop_policy_accounts_for_every_frame(lend_bytes):
     g = ScanGeometry((20, 20), (8, 8), np.uint16)
     data = scan_data(g)
-    with FrameReceiver(LOOPBACK) as rx:
+    with FrameReceiver(LOOPBACK, lend_bytes=lend_bytes) as rx:
 
         def send():
             with FrameSender(rx.endpoint, frames_per_message=4, hand_off="borrow") as tx:
@@ -538,6 +544,7 @@ def test_drop_policy_accounts_for_every_frame():
     assert c.frames_dropped > 0 and stats["dropped"] == c.frames_dropped
     assert sent == c.frames_processed + c.frames_dropped + stats["rejected"]
     assert stats["rejected_by_reason"] == {"duplicate": 8} and stats["missing"] == 0
+    assert (stats["messages_lent"] > 0) == (lend_bytes is not None)
     ok = seen > 0
     np.testing.assert_array_equal(out[ok], data[ok])
 
@@ -673,3 +680,16 @@ def _unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_receivers_keep_freed_message_buffers_unless_told_not_to():
+    import platform
+
+    from stemedge.net.malloc_tuning import keep_freed_memory
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc and keep_freed_memory(1 << 20, 1 << 20) is glibc
+    with FrameReceiver(LOOPBACK) as rx, FrameReceiver(LOOPBACK, tune_malloc=False) as plain:
+        assert rx.malloc_tuned is glibc and plain.malloc_tuned is False
+    with pytest.raises(ValueError, match="lend_bytes"):
+        FrameReceiver(LOOPBACK, lend_bytes=0)

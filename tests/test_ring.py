@@ -51,6 +51,39 @@ def test_slot_views_are_zero_copy_and_fill_in_place():
     stack.release()
 
 
+def test_lent_frames_reach_consumers_uncopied_in_commit_order():
+    ring = FrameRing((4, 6), np.uint16, slots=3, slot_frames=4, pinned=False)
+    outside = np.arange(3 * 24, dtype=np.uint16).reshape(3, 4, 6)
+    with ring.acquire() as slot:  # copied, then lent, then copied: order is commit order
+        slot.frames[:1] = 7
+        slot.indices[:1] = [0]
+        slot.commit(1)
+    with ring.acquire() as slot:
+        slot.indices[:3] = [1, 2, 3]
+        slot.lend(outside)
+    ring.write(np.full((2, 4, 6), 9, np.uint16), 4)
+    ring.close()
+    stacks = list(ring)
+    assert [s.indices.tolist() for s in stacks] == [[0], [1, 2, 3], [4, 5]]
+    assert stacks[1].frames is outside and not np.shares_memory(stacks[0].frames, outside)
+    assert (stacks[0].frames == 7).all() and (stacks[2].frames == 9).all()
+    for st in stacks:
+        st.release()
+    c = ring.counters()
+    assert c.frames_in == c.frames_processed == 6 and not ring._lent
+    ring2 = FrameRing((4, 6), np.uint16, slots=1, slot_frames=2, pinned=False)
+    for bad, exc in (
+        (outside.astype(np.int32), TypeError),  # wrong dtype
+        (outside, ValueError),  # more frames than a slot holds
+        (np.zeros((1, 6, 4), np.uint16), ValueError),  # wrong frame shape
+        (np.zeros((2, 4, 12), np.uint16)[:, :, ::2], ValueError),  # not contiguous
+        (np.zeros((0, 4, 6), np.uint16), ValueError),  # nothing
+    ):
+        with ring2.acquire() as slot, pytest.raises(exc):
+            slot.lend(bad)
+    assert not ring2._lent and ring2.counters().frames_in == 0
+
+
 def test_non_contiguous_source_rows_are_copied_frame_by_frame():
     big = _frames(6, (8, 10))
     view = big[:, 1:6, 2:9]  # frames strided, rows not contiguous

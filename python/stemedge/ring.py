@@ -11,7 +11,7 @@ commit order as numpy views of the slot memory and release them when done::
     with ring.acquire() as slot:
         slot.frames[:k] = ...
         slot.indices[:k] = ...
-        slot.commit(k)
+        slot.commit(k)              # or slot.lend(frames): frames held elsewhere, not copied
     # ... or copy natively from an array
     ring.write(frames, first_index)
     ring.close()
@@ -120,6 +120,32 @@ class WriteSlot:
         self._done = True
         self._ring._native.commit(self.slot, int(n_frames), int(encoding))
 
+    def lend(self, frames: np.ndarray) -> None:
+        """Commit ``frames`` (n, *frame_shape, the ring's dtype, n ≤ slot_frames) where they
+        are, instead of copying them into the slot: consumers get ``frames`` itself, e.g. a
+        view of a received ZeroMQ message (zero copies). The slot still carries the indices
+        (fill ``indices[:n]`` first) and the ring's order, accounting and backpressure; the
+        array is referenced until its stack is released. Not for a ring pinned for CUDA, whose
+        point is that frames sit in page-locked memory."""
+        if self._done:
+            raise RuntimeError("this slot was already committed or cancelled")
+        ring = self._ring
+        if not isinstance(frames, np.ndarray) or frames.dtype != ring.dtype:
+            raise TypeError(f"lend needs a numpy array of {ring.dtype}")
+        if frames.shape[1:] != ring.frame_shape or not 1 <= len(frames) <= ring.slot_frames:
+            raise ValueError(
+                f"lend needs (1..{ring.slot_frames}, {ring.frame_shape[0]}, "
+                f"{ring.frame_shape[1]}) frames, got {frames.shape}"
+            )
+        if not frames.flags.c_contiguous:
+            raise ValueError("lend needs C-contiguous frames")
+        ring._lent[self.slot] = frames
+        try:
+            self.commit(len(frames))
+        except BaseException:
+            ring._lent.pop(self.slot, None)
+            raise
+
     def cancel(self) -> None:
         if not self._done:
             self._done = True
@@ -153,7 +179,8 @@ class FilledStack:
         n, encoding, self.sequence = ring._native.slot_info(slot)
         self.encoding = Encoding(encoding)
         frames, indices, nbytes, raw = ring._views[slot]
-        self.frames = frames[:n]
+        lent = ring._lent.pop(slot, None)  # WriteSlot.lend: the frames are elsewhere
+        self.frames = frames[:n] if lent is None else lent
         self.indices = indices[:n]
         self.nbytes = nbytes[:n]
         self.raw = raw
@@ -240,6 +267,7 @@ class FrameRing:
             int(slots), int(slot_frames), (fy, fx), dt, policy, bool(huge_pages)
         )
         n = self._native
+        self._lent: dict[int, np.ndarray] = {}  # slot → frames committed by WriteSlot.lend
         self._views = [
             (n.frames_view(i), n.indices_view(i), n.nbytes_view(i), n.bytes_view(i))
             for i in range(int(slots))

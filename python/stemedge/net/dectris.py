@@ -59,6 +59,7 @@ import zmq
 from stemedge import _native
 from stemedge.calibration import Calibration
 from stemedge.geometry import ScanGeometry
+from stemedge.net.malloc_tuning import keep_freed_memory
 from stemedge.ring import Encoding, FrameRing, RingClosed
 from stemedge.sources.base import Chunk, Source, SourceError
 
@@ -294,6 +295,9 @@ class DectrisReceiver(Source):
     poll_s : float
         Receive timeout of one poll: how often an idle receiver checks ``stop``, ``close()``,
         the stall timer and partly filled slots.
+    tune_malloc : bool
+        Keep freed message buffers in the process (process-wide glibc thresholds,
+        :mod:`stemedge.net.malloc_tuning`), so images are not faulted in afresh.
 
     Frame ``f`` of the series goes to flat scan index ``f``. One receiver takes one series;
     make a new one for the next.
@@ -312,6 +316,7 @@ class DectrisReceiver(Source):
         verify_hash: bool = False,
         rcvhwm: int = 4096,
         poll_s: float = 0.02,
+        tune_malloc: bool = True,
     ) -> None:
         if not hasattr(zmq.Socket, "recv_into"):
             raise ImportError(
@@ -348,6 +353,7 @@ class DectrisReceiver(Source):
         self.stall_timeout_s = float(stall_timeout_s)
         self.max_latency_s = float(max_latency_s)
         self.verify_hash = bool(verify_hash)
+        self.malloc_tuned = keep_freed_memory() if tune_malloc else False
         self.header: SeriesHeader | None = None
         self._n_images = 0
         self._lock = threading.Lock()  # one consumer of the socket at a time

@@ -1,10 +1,12 @@
 """FrameReceiver: a :class:`~stemedge.sources.base.Source` that PULLs one scan sent with SEFP.
 
-Whole frames go straight from the socket into ring slots: the header part is read with
-``recv()``, checked, and only then is the payload read with ``recv_into`` into the free part of
-the current slot (libzmq's one copy out of its message, no Python-side buffer), at most as many
-bytes as the checked header promises. A slot is committed when full, when the next message does
-not fit, when its first frame has waited ``flush_s`` (live latency), and at the end.
+Whole frames go from the socket into ring slots: the header part is read with ``recv()``,
+checked, and only then is the payload read. A message of at least ``lend_bytes`` is not copied
+at all: its frames are lent to the ring as a view of libzmq's message (``WriteSlot.lend``), one
+message per slot. Smaller messages are read with ``recv_into`` into the free part of the current
+slot (libzmq's one copy out of its message, no Python-side buffer), at most as many bytes as the
+checked header promises; such a slot is committed when full, when the next message does not fit,
+when its first frame has waited ``flush_s`` (live latency), and at the end.
 
 Split frames (byte ranges from several senders) are reassembled in a bounded cache keyed by
 frame index (the scan id is fixed per receiver); a frame still incomplete after
@@ -44,6 +46,7 @@ from stemedge.net.frame_protocol import (
     decode_begin,
     dtype_code,
 )
+from stemedge.net.malloc_tuning import keep_freed_memory
 from stemedge.ring import RingClosed
 from stemedge.sources.base import Chunk, Source, SourceError
 
@@ -300,6 +303,14 @@ class FrameReceiver(Source):
         Largest payload accepted; bigger ones are rejected before any byte lands in a slot.
     require_complete : bool
         Raise SourceError at the end if frames are missing (after committing what arrived).
+    lend_bytes : int or None
+        Payloads this large or larger are lent to the ring without a copy (default 256 KiB;
+        None: always copy). Never into a ring pinned for CUDA (copied there, into page-locked
+        memory) nor into ``chunks()``'s buffers.
+    tune_malloc : bool
+        Keep freed message buffers in the process (glibc's mmap threshold to 64 MiB, trim
+        threshold to 256 MiB, process-wide: :mod:`stemedge.net.malloc_tuning`). Without it each
+        large message is faulted in afresh: a third more receiver CPU per GB here.
     """
 
     def __init__(
@@ -316,6 +327,8 @@ class FrameReceiver(Source):
         rcvhwm: int = 64,
         max_message_bytes: int = 256 << 20,
         require_complete: bool = False,
+        lend_bytes: int | None = 256 << 10,
+        tune_malloc: bool = True,
     ) -> None:
         eps = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not eps or not all(isinstance(e, str) for e in eps):
@@ -346,6 +359,10 @@ class FrameReceiver(Source):
         )
         self.flush_s, self.max_message_bytes = float(flush_s), max_message_bytes
         self.require_complete = bool(require_complete)
+        if lend_bytes is not None and (not isinstance(lend_bytes, int) or lend_bytes < 1):
+            raise ValueError(f"lend_bytes must be a positive int or None, got {lend_bytes!r}")
+        self.lend_bytes = lend_bytes
+        self.malloc_tuned = keep_freed_memory() if tune_malloc else False
         self._user_geometry = geometry
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PULL)
@@ -382,7 +399,7 @@ class FrameReceiver(Source):
         # counters
         self._rejected: collections.Counter[str] = collections.Counter()
         self._accepted = self._dropped = self._frames_rejected = 0
-        self._messages = self._bytes = 0
+        self._messages = self._bytes = self._lent = 0
         self._stalled = False
 
     # -- public -----------------------------------------------------------------------------------
@@ -412,7 +429,8 @@ class FrameReceiver(Source):
     def stats(self) -> dict[str, Any]:
         """Counters (frames unless named otherwise): accepted, dropped (ring full), rejected,
         rejected_by_reason (events, module docstring), expected (announced by END; None before
-        every sender ended), missing, pending (incomplete split frames), messages, bytes."""
+        every sender ended), missing, pending (incomplete split frames), messages, messages_lent
+        (handed to the ring without a copy), bytes."""
         expected = self._expected()
         accounted = self._accepted + self._dropped + self._frames_rejected
         return {
@@ -425,6 +443,7 @@ class FrameReceiver(Source):
             "missing": None if expected is None else max(0, expected - accounted),
             "pending": len(self._cache) if self._cache is not None else 0,
             "messages": self._messages,
+            "messages_lent": self._lent,
             "bytes": self._bytes,
             "senders": self._n_senders,
             "senders_begun": len(self._senders),
@@ -699,15 +718,17 @@ class FrameReceiver(Source):
         n, nb, first = h.n_frames, h.payload_nbytes, h.first_index
         if n > writer.cap:  # bigger than a slot: via a scratch buffer (sender misconfigured)
             return self._receive_via_scratch(h, writer)
+        target = writer.target
+        if (
+            self.lend_bytes is not None
+            and nb >= self.lend_bytes
+            and isinstance(target, _RingTarget)
+            and not target.ring.pinned
+        ):
+            return self._receive_lent(h, writer)
         slot = writer.reserve(n)
         if slot is None:  # ring full, drop policy: discard the payload without copying it
-            if not self._payload_ok(h, self._sock.recv_into(_NOTHING), None):
-                return False
-            fresh = self._fresh(np.arange(first, first + n, dtype=np.int64))
-            self._state[fresh] = _DELIVERED
-            writer.target.count_dropped(len(fresh))
-            self._dropped += len(fresh)
-            return True
+            return self._drop_payload(h, writer)
         start = writer.pos * writer.fb
         view = slot.raw[start : start + nb]
         # at most nb bytes land here, in the slot's unpublished part: a lying sender cannot
@@ -726,6 +747,49 @@ class FrameReceiver(Source):
             writer.filled(idx)
             self._accepted += len(idx)
             self._bytes += len(idx) * writer.fb
+        return True
+
+    def _drop_payload(self, h: Header, writer: _SlotWriter) -> bool:
+        """Ring full under the drop policy: discard the payload without copying it."""
+        if not self._payload_ok(h, self._sock.recv_into(_NOTHING), None):
+            return False
+        first = h.first_index
+        fresh = self._fresh(np.arange(first, first + h.n_frames, dtype=np.int64))
+        self._state[fresh] = _DELIVERED
+        writer.target.count_dropped(len(fresh))
+        self._dropped += len(fresh)
+        return True
+
+    def _receive_lent(self, h: Header, writer: _SlotWriter) -> bool:
+        """A large message: its frames go to a slot of their own as a view of libzmq's message
+        (no copy); the slot being filled is committed first, so stacks keep arrival order."""
+        writer.commit()
+        slot = writer.target.acquire()
+        if slot is None:
+            return self._drop_payload(h, writer)
+        try:
+            msg = self._sock.recv(copy=False)
+            if not self._payload_ok(h, len(msg), msg.buffer):
+                slot.cancel()
+                return False
+            g, n, first = self._geometry, h.n_frames, h.first_index
+            frames = np.frombuffer(msg.buffer, g.dtype).reshape(n, *g.frame_shape)
+            idx = np.arange(first, first + n, dtype=np.int64)
+            keep = self._fresh(idx, mask=True)
+            if not keep.all():
+                frames, idx = frames[keep], idx[keep]  # (a copy; duplicates are rare)
+            if not len(idx):
+                slot.cancel()
+                return True
+            slot.indices[: len(idx)] = idx
+            self._state[idx] = _DELIVERED
+            slot.lend(frames)
+        except BaseException:
+            slot.cancel()
+            raise
+        self._lent += 1
+        self._accepted += len(idx)
+        self._bytes += len(idx) * writer.fb
         return True
 
     def _receive_via_scratch(self, h: Header, writer: _SlotWriter) -> bool:

@@ -106,9 +106,10 @@ class SteeringLoop:
         Default :class:`GPModel` (scikit-learn).
     acquisition : str
         "ucb", "ei", "maxvar", "ivr", "thompson", "qucb", "qlogei", "qlognei", or several
-        joined by "+" (taken in turn): how candidates are scored (``beta``: UCB's exploration weight); "ucb+ivr" alternates
-        looking for the maximum and improving the map. The q-acquisitions are BoTorch's,
-        valuing a batch jointly (:mod:`stemedge.steer.botorch_acq`; need torch and BoTorch).
+        joined by "+" (taken in turn): how candidates are scored (``beta``: UCB's exploration
+        weight). "ucb+ivr" alternates looking for the maximum and improving the map. The
+        q-acquisitions are BoTorch's, valuing a batch jointly
+        (:mod:`stemedge.steer.botorch_acq`; need torch and BoTorch).
     q, exclusion_A : int, float
         Points per step, and how far apart (Å) the points of one step must be.
     n_init : int
