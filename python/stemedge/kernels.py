@@ -1,4 +1,5 @@
-"""Centre of mass, virtual detectors and their fused pass on frame stacks (CPU, native).
+"""Centre of mass, virtual detectors and their fused pass on frame stacks (CPU, native; frames
+on an NVIDIA GPU go to their CUDA twins in :mod:`stemedge.gpu`).
 
 All three are one native reduction (``_native.reduce``): per frame and mask, Σ M·I and, for the
 centre-of-mass mask, Σ y·M·I and Σ x·M·I. Frames are read in place: a stack (n, det_y, det_x) or a
@@ -17,6 +18,7 @@ import numpy as np
 
 from stemedge import _native
 from stemedge.calibration import Calibration
+from stemedge.gpu import is_device_array as _on_gpu
 from stemedge.masks import MaskSet, annulus, disk
 
 __all__ = [
@@ -169,6 +171,7 @@ def center_of_mass(
     dtype=np.float32,
     out: tuple[np.ndarray, np.ndarray] | None = None,
     nthreads: int | None = None,
+    stream=None,
 ) -> CenterOfMass:
     """Centre of mass of every frame, as a shift from the origin in detector px (y, x).
 
@@ -193,11 +196,20 @@ def center_of_mass(
         Preallocated results of shapes (..., 2) and (...).
     nthreads : int, optional
         Threads to use; default all available.
+    stream : cupy Stream or int, optional
+        Frames on the GPU (a cupy array): the CUDA stream to run on (:mod:`stemedge.gpu`).
 
     Returns
     -------
-    CenterOfMass(shifts, intensity)
+    CenterOfMass(shifts, intensity) — cupy arrays for frames on the GPU.
     """
+    if _on_gpu(frames):
+        from stemedge import gpu
+
+        return gpu.center_of_mass(
+            frames, radius=radius, inner_radius=inner_radius, mask=mask, origin=origin,
+            threshold=threshold, empty=empty, dtype=dtype, out=out, stream=stream,
+        )  # fmt: skip
     frames, scan_shape, det_shape = _check_frames(frames)
     o = _origin(origin, det_shape)
     dtype = _result_dtype(dtype)
@@ -245,6 +257,7 @@ def virtual_images(
     dtype=np.float32,
     out: np.ndarray | None = None,
     nthreads: int | None = None,
+    stream=None,
 ) -> np.ndarray:
     """Virtual detector images: ``V_m = Σ_k M_m(k)·I(k)`` for k masks in one pass over the data.
 
@@ -258,10 +271,19 @@ def virtual_images(
     mode : {'auto', 'sparse', 'dense'}
         Mask storage (see MaskSet); a MaskSet passed in keeps its own.
 
+    stream : cupy Stream or int, optional
+        Frames on the GPU (a cupy array): the CUDA stream to run on (:mod:`stemedge.gpu`).
+
     Returns
     -------
-    ndarray (k, ...) — or (...) when ``masks`` is a single 2-D array.
+    ndarray (k, ...) — or (...) when ``masks`` is a single 2-D array; cupy for GPU frames.
     """
+    if _on_gpu(frames):
+        from stemedge import gpu
+
+        return gpu.virtual_images(
+            frames, masks, normalize=normalize, mode=mode, dtype=dtype, out=out, stream=stream
+        )
     frames, scan_shape, det_shape = _check_frames(frames)
     _check_normalize(normalize)
     ms, single = _as_maskset(masks, det_shape, mode)
@@ -284,12 +306,22 @@ def com_and_virtual_images(
     normalize: str = "sum",
     dtype=np.float32,
     nthreads: int | None = None,
+    stream=None,
 ) -> ComAndVirtualImages:
     """Centre of mass and k virtual images from one read of the data (the fused pass).
 
     Takes the arguments of :func:`center_of_mass` (``com_mask`` is its ``mask``) and of
-    :func:`virtual_images`; the threshold applies to the centre of mass only.
+    :func:`virtual_images`; the threshold applies to the centre of mass only. Frames on the GPU
+    (cupy) run there (``stream``) and give cupy results.
     """
+    if _on_gpu(frames):
+        from stemedge import gpu
+
+        return gpu.com_and_virtual_images(
+            frames, masks, radius=radius, inner_radius=inner_radius, com_mask=com_mask,
+            origin=origin, threshold=threshold, empty=empty, normalize=normalize, dtype=dtype,
+            stream=stream,
+        )  # fmt: skip
     frames, scan_shape, det_shape = _check_frames(frames)
     o = _origin(origin, det_shape)
     dtype = _result_dtype(dtype)
