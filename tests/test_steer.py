@@ -300,7 +300,7 @@ def test_botorch_acquisitions_name_their_install_when_botorch_is_missing(scene, 
     with pytest.raises(ImportError, match="pip install"):
         loop.run()
     z = np.zeros((3, 2))
-    with pytest.raises(ImportError, match="botorch"):
+    with pytest.raises(ImportError, match="BoTorch"):
         select_botorch("qucb", None, z, z[:, 0], z[:, 0], 1, exclude=np.zeros(3, bool),
                        positions_A=z, measured=z, best=0.0)  # fmt: skip
 
