@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _timing import median_time
 from stemedge.analysis import CenterOfMassAnalysis, MeanPattern, run_offline
 from stemedge.cluster import run_on_cluster
 from stemedge.kernels import read_pass
@@ -44,15 +44,6 @@ def analyses(det: int):
         ),
         MeanPattern(),
     ]
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

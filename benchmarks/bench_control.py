@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from _timing import median_time
 from stemedge.analysis import CenterOfMassAnalysis
 from stemedge.control import SimulatedMicroscope
 from stemedge.control.certs import make_certificates
@@ -35,15 +34,6 @@ from stemedge.control.remote import RemoteMicroscope
 from stemedge.pipeline import Pipeline
 
 TOKEN = "bench-token-0123456789abcdef"
-
-
-def _median(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,8 +61,8 @@ def main() -> None:
         local = SimulatedMicroscope(dose_per_ms=None)
         pos = np.tile([[10.0, 10.0]], (1024, 1))
         remote.frames_at(pos[:2])  # connect
-        t_remote = _median(lambda: remote.frames_at(pos), args.repeats)
-        t_local = _median(lambda: local.frames_at(pos), args.repeats)
+        t_remote = median_time(lambda: remote.frames_at(pos), args.repeats)
+        t_local = median_time(lambda: local.frames_at(pos), args.repeats)
         mib = local.frames_at(pos).nbytes / 2**20
         print(f"load average {os.getloadavg()[0]:.2f}; loopback, Pyro5 + TLS 1.3, marshal")
         print(f"1. frames_at 1024 positions ({mib:.0f} MiB of frames)")
@@ -90,8 +80,8 @@ def main() -> None:
             ).run()
             assert res.complete
 
-        t_rs = _median(lambda: scan(remote), args.repeats)
-        t_ls = _median(lambda: scan(local), args.repeats)
+        t_rs = median_time(lambda: scan(remote), args.repeats)
+        t_ls = median_time(lambda: scan(local), args.repeats)
         print("2. 8×8 4D scan (64² frames) + survey, streamed through a Pipeline with CoM")
         print(
             f"   remote {t_rs * 1e3:7.1f} ms   in process {t_ls * 1e3:7.1f} ms   "
@@ -129,8 +119,8 @@ def _usim(certs, tmp, env, repeats) -> None:
 
         scan(remote)
         scan(local)
-        t_rs = _median(lambda: scan(remote), repeats)
-        t_ls = _median(lambda: scan(local), repeats)
+        t_rs = median_time(lambda: scan(remote), repeats)
+        t_ls = median_time(lambda: scan(local), repeats)
         print("3. Nion Swift simulator (usim): survey 64² + 8×8 4D scan (256² frames) + CoM")
         print(
             f"   remote {t_rs * 1e3:7.1f} ms   in process {t_ls * 1e3:7.1f} ms   "

@@ -40,12 +40,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 
 import numpy as np
 
 import stemedge
+from _timing import median_time
 from stemedge import _native
 from stemedge.analysis import SSBAnalysis
 from stemedge.pipeline import Pipeline
@@ -54,15 +54,6 @@ from stemedge.sim import lattice, simulate_4dstem
 from stemedge.sources.sim import SimSource
 
 OPTICS = dict(scan_step_A=0.26, det_shape=(64, 64), voltage_kV=80.0, convergence_mrad=25.0)
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _metrics(a, b):
@@ -148,9 +139,9 @@ def main() -> None:
     results = [stemedge.ssb(sim) for _ in range(args.repeats)]
     t_ssb = statistics.median(sum(r.timings.values()) for r in results)
     steps = {k: statistics.median(r.timings[k] for r in results) for k in results[0].timings}
-    t_read = _median_time(lambda: _native.read_pass(data), args.repeats)
+    t_read = median_time(lambda: _native.read_pass(data), args.repeats)
     ref_repeats = max(1, min(3, args.repeats))
-    t_numpy = _median_time(lambda: ssb_reference(data, cal, single=True), ref_repeats)
+    t_numpy = median_time(lambda: ssb_reference(data, cal, single=True), ref_repeats)
     plan = results[0].plan
     out["offline"] = {
         "ssb_s": t_ssb,
@@ -233,7 +224,7 @@ def main() -> None:
                 )
             return F
 
-        live[f"kernel_{nt}t_fps"] = n / _median_time(run, args.repeats)
+        live[f"kernel_{nt}t_fps"] = n / median_time(run, args.repeats)
         F = run()
     wave = p.wave(F, n)
     live_rel = float(np.abs(np.angle(wave) - r.phase).max() / np.abs(r.phase).max())

@@ -79,41 +79,44 @@ def feature_nrmse(order: np.ndarray, values: np.ndarray, cands, truth: np.ndarra
     return float(np.sqrt(np.mean((mean - truth) ** 2)) / np.ptp(truth))
 
 
-def metrics(order: np.ndarray, values: np.ndarray, cands, truth: np.ndarray, budget: int):
-    found = truth[order]
-    level = truth.min() + 0.95 * np.ptp(truth)
-    hits = np.nonzero(found >= level)[0]
-    top = truth >= np.quantile(truth, 0.95)
-    ok = np.isfinite(values)
-    half = budget // 2
-    # the same points interpolated in space (a GP over (y, x)): the map a sparse scan gives
-    space = GPModel(seed=0)
-    space.fit(cands.positions_A[order[ok]] / 10.0, values[ok])
-    smean, _ = space.predict(cands.positions_A / 10.0)
+def finding(at: np.ndarray, truth: np.ndarray, budget: int) -> dict:
+    """Measurements until one is within 95 % of the truth's range (budget + 1: never), and the
+    share of measurements in the top 5 %, from the truth ``at`` the measured points in order."""
+    hits = np.nonzero(at >= truth.min() + 0.95 * np.ptp(truth))[0]
     return {
         "to95": int(hits[0]) + 1 if len(hits) else budget + 1,
-        "hit_rate": float(top[order].mean()),
+        "hit_rate": float((at >= np.quantile(truth, 0.95)).mean()),
+    }
+
+
+def space_nrmse(positions_A: np.ndarray, values: np.ndarray, cands, truth: np.ndarray) -> float:
+    """The map from position alone: a GP over (y, x) fitted to these measurements, as a sparse
+    scan would interpolate them, over all candidates."""
+    space = GPModel(seed=0)
+    ok = np.isfinite(values)
+    space.fit(positions_A[ok] / 10.0, values[ok])
+    smean, _ = space.predict(cands.positions_A / 10.0)
+    return float(np.sqrt(np.mean((smean - truth) ** 2)) / np.ptp(truth))
+
+
+def metrics(order: np.ndarray, values: np.ndarray, cands, truth: np.ndarray, budget: int):
+    half = budget // 2
+    return {
+        **finding(truth[order], truth, budget),
         "nrmse": feature_nrmse(order, values, cands, truth),
         "nrmse_half": feature_nrmse(order[:half], values[:half], cands, truth),
-        "nrmse_space": float(np.sqrt(np.mean((smean - truth) ** 2)) / np.ptp(truth)),
+        "nrmse_space": space_nrmse(cands.positions_A[order], values, cands, truth),
     }
 
 
 def sparse_metrics(res, scope, cands, truth: np.ndarray, budget: int) -> dict:
     """Metrics of a sparse-scan loop (its own grid of positions, a GP over (y, x))."""
-    at = scope.plasmon_eV(res.measured.positions_A)
-    level = truth.min() + 0.95 * np.ptp(truth)
-    hits = np.nonzero(at >= level)[0]
-    space = GPModel(seed=0)
-    ok = np.isfinite(res.measured.values)
-    space.fit(res.measured.positions_A[ok] / 10.0, res.measured.values[ok])
-    smean, _ = space.predict(cands.positions_A / 10.0)
+    pos, values = res.measured.positions_A, res.measured.values
     return {
-        "to95": int(hits[0]) + 1 if len(hits) else budget + 1,
-        "hit_rate": float((at >= np.quantile(truth, 0.95)).mean()),
+        **finding(scope.plasmon_eV(pos), truth, budget),
         "nrmse": float("nan"),  # no survey features: the (y, x) map is its map
         "nrmse_half": float("nan"),
-        "nrmse_space": float(np.sqrt(np.mean((smean - truth) ** 2)) / np.ptp(truth)),
+        "nrmse_space": space_nrmse(pos, values, cands, truth),
     }
 
 

@@ -601,6 +601,15 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         const std::uint64_t lo = get_bits_32(32);
         return lo | hi << 32;
     };
+    // Both decoders end here: every word and bit read, every state back at L.
+    auto finish = [&] {
+        std::memcpy(d.x_, x, sizeof x);
+        d.pos_ = wpos;
+        bits.pos_ = bits.nbits_ - bpos;  // read top-down: done when bpos is 0
+        d.finish();
+        bits.finish();
+        r.p += used + used_bits;
+    };
     if (dense_simd_fits<T>(m, pixels, models, klass, base) && g_simd.load()) {
         // The AVX-512 path (codec_simd.cpp): same format, same output, 16 lanes at a time.
         const std::size_t nc = models.size();
@@ -643,13 +652,7 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         in.bpos = &bpos;
         if (dense_decode_simd_available()) {
             if (!dense_decode_simd(in)) throw CodecError(SE_ERR_CORRUPT, "dense: stream ends early");
-            std::memcpy(d.x_, x, sizeof x);
-            d.pos_ = wpos;
-            bits.pos_ = bits.nbits_ - bpos;  // read top-down: done when bpos is 0
-            d.finish();
-            bits.finish();
-            r.p += used + used_bits;
-            return;
+            return finish();
         }
     }
     std::uint64_t op = 0;
@@ -683,12 +686,7 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
                 throw CodecError(SE_ERR_CORRUPT, "dense: value outside the dtype");
         }
     }
-    std::memcpy(d.x_, x, sizeof x);
-    d.pos_ = wpos;
-    bits.pos_ = bits.nbits_ - bpos;  // read top-down: done when bpos is 0
-    d.finish();
-    bits.finish();
-    r.p += used + used_bits;
+    finish();
 }
 
 // --- EVENTS ----------------------------------------------------------------------------------

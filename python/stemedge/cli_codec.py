@@ -14,7 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stemedge.cli_types import float_at_least, int_at_least
+from stemedge.cli_types import (
+    add_file_input_arguments,
+    float_at_least,
+    int_at_least,
+    open_file_input,
+)
 
 __all__ = ["register", "run_compress", "run_decompress"]
 
@@ -25,24 +30,6 @@ _positive_int = int_at_least(1)
 
 def _default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
-def _input_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--scan-shape",
-        type=_positive_int,
-        nargs=2,
-        metavar=("Y", "X"),
-        help="scan shape (needed for raw files; relabels others)",
-    )
-    p.add_argument(
-        "--frame-shape",
-        type=_positive_int,
-        nargs=2,
-        metavar=("Y", "X"),
-        help="detector shape (raw files)",
-    )
-    p.add_argument("--dtype", help="frame dtype (raw files): uint8, uint16, uint32, float32")
 
 
 def register(sub: Any) -> None:
@@ -85,7 +72,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="frames per HDF5 chunk along the scan rows (default: ~1 MiB of frames)",
     )
-    _input_arguments(c)
+    add_file_input_arguments(c)
     c.add_argument(
         "--workers",
         type=_positive_int,
@@ -157,18 +144,12 @@ def _mib(n: int) -> str:
 
 def run_compress(args: argparse.Namespace) -> int:
     import h5py
-    import numpy as np
 
     from stemedge.io.emd import EMDWriter
-    from stemedge.sources.files import open_source
 
     inp, out = Path(args.input), Path(args.output)
     _check_paths(inp, out, _EMD_SUFFIXES)
-    try:
-        dtype = None if args.dtype is None else np.dtype(args.dtype)
-    except TypeError:
-        raise ValueError(f"--dtype: not a numpy dtype: {args.dtype!r}") from None
-    source = open_source(inp, scan_shape=args.scan_shape, frame_shape=args.frame_shape, dtype=dtype)
+    source = open_file_input(inp, args)
     options = {
         "mode": args.mode,
         "max_abs_error": args.max_abs_error,

@@ -11,7 +11,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from stemedge.cli_types import float_at_least, int_at_least
+from stemedge.cli_types import (
+    add_file_input_arguments,
+    float_at_least,
+    int_at_least,
+    open_file_input,
+)
 
 __all__ = ["register", "run_process", "run_stream"]
 
@@ -74,21 +79,7 @@ def register(sub: Any) -> None:
         description="Stream a file through the live pipeline and write the results as EMD.",
     )
     p.add_argument("file", help="frames: .emd/.h5/.hdf5, .npy, .raw/.bin, .mib")
-    p.add_argument(
-        "--scan-shape",
-        type=_positive_int,
-        nargs=2,
-        metavar=("Y", "X"),
-        help="scan shape (needed for raw files; relabels others)",
-    )
-    p.add_argument(
-        "--frame-shape",
-        type=_positive_int,
-        nargs=2,
-        metavar=("Y", "X"),
-        help="detector shape (raw files)",
-    )
-    p.add_argument("--dtype", help="frame dtype (raw files): uint8, uint16, uint32, float32")
+    add_file_input_arguments(p)
     p.add_argument(
         "--out", metavar="FILE.emd", help="results file (default: FILE with suffix .results.emd)"
     )
@@ -246,14 +237,7 @@ def _run(args, source, out: Path | None, frames_to_file: bool) -> int:
 
 
 def run_process(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from stemedge.sources.files import open_source
-
-    dtype = None if args.dtype is None else np.dtype(args.dtype)
-    source = open_source(
-        args.file, scan_shape=args.scan_shape, frame_shape=args.frame_shape, dtype=dtype
-    )
+    source = open_file_input(args.file, args)
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".results.emd")
     if args.cluster:
         return _run_cluster(args, source, out)

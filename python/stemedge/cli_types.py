@@ -1,4 +1,5 @@
-"""Argument types of the ``stemedge`` command line.
+"""Argument types of the ``stemedge`` command line, and the file-input options the commands
+that read frames share.
 
 argparse turns an ArgumentTypeError into ``argument --x: <message>``, so messages say only what
 is wrong with the value.
@@ -9,7 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["finite_float", "float_at_least", "int_at_least"]
+__all__ = [
+    "add_file_input_arguments",
+    "finite_float",
+    "float_at_least",
+    "int_at_least",
+    "open_file_input",
+]
 
 
 def int_at_least(minimum: int):
@@ -52,3 +59,36 @@ def float_at_least(minimum: float, *, above: bool = False, unit: str = ""):
 
     parse.__name__ = f"number {'>' if above else '≥'} {minimum:g}"
     return parse
+
+
+def add_file_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--scan-shape``, ``--frame-shape`` and ``--dtype``: what raw files need (and the scan
+    shape relabels the others); read back by :func:`open_file_input`."""
+    p.add_argument(
+        "--scan-shape",
+        type=int_at_least(1),
+        nargs=2,
+        metavar=("Y", "X"),
+        help="scan shape (needed for raw files; relabels others)",
+    )
+    p.add_argument(
+        "--frame-shape",
+        type=int_at_least(1),
+        nargs=2,
+        metavar=("Y", "X"),
+        help="detector shape (raw files)",
+    )
+    p.add_argument("--dtype", help="frame dtype (raw files): uint8, uint16, uint32, float32")
+
+
+def open_file_input(path, args: argparse.Namespace):
+    """The file source for ``path`` with the options of :func:`add_file_input_arguments`."""
+    import numpy as np
+
+    from stemedge.sources.files import open_source
+
+    try:
+        dtype = None if args.dtype is None else np.dtype(args.dtype)
+    except TypeError:
+        raise ValueError(f"--dtype: not a numpy dtype: {args.dtype!r}") from None
+    return open_source(path, scan_shape=args.scan_shape, frame_shape=args.frame_shape, dtype=dtype)

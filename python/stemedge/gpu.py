@@ -118,30 +118,22 @@ def _reduce(flat, ms: MaskSet, moments: Sequence[bool], thresholds: Sequence[flo
     return out
 
 
-def _finish_com(raw, col, scan_shape, origin, empty, dtype, sptr):
+def _finish_com(raw, scan_shape, origin, empty, dtype, sptr):
+    """kernels' own finishing, in cupy on the kernel's stream: (shifts, intensity)."""
+    from stemedge import kernels as K
+
     cp = _cupy()
     with cp.cuda.ExternalStream(sptr):
-        s, sy, sx = raw[:, col], raw[:, col + 1], raw[:, col + 2]
-        ok = s != 0
-        safe = cp.where(ok, s, 1.0)
-        shifts = cp.empty((*scan_shape, 2), dtype)
-        shifts[..., 0] = cp.where(ok, sy / safe - origin[0], empty).reshape(scan_shape)
-        shifts[..., 1] = cp.where(ok, sx / safe - origin[1], empty).reshape(scan_shape)
-        return shifts, s.reshape(scan_shape).astype(dtype)
+        res = K._finish_com(raw, 0, scan_shape, origin, empty, dtype, None, xp=cp)
+    return res.shifts, res.intensity
 
 
 def _finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, sptr):
+    from stemedge import kernels as K
+
     cp = _cupy()
-    k = len(ms)
-    sums = ms.weight_sums()
     with cp.cuda.ExternalStream(sptr):
-        images = cp.empty((k, *scan_shape), dtype)
-        for m in range(k):
-            v = raw[:, cols[m]]
-            if normalize == "mean":
-                v = v / sums[m] if sums[m] != 0 else cp.full_like(v, cp.nan)
-            images[m] = v.reshape(scan_shape)
-    return images[0] if single else images
+        return K._finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, None, xp=cp)
 
 
 def _no_out(out) -> None:
@@ -176,7 +168,7 @@ def center_of_mass(
         plan = MaskSet(K._com_mask(det_shape, radius, inner_radius, m, o), names=["com"])
     sptr = _stream(frames, stream)
     raw = _reduce(flat, plan, [True], [K._threshold(threshold)], sptr)
-    shifts, intensity = _finish_com(raw, 0, scan_shape, o, float(empty), dtype, sptr)
+    shifts, intensity = _finish_com(raw, scan_shape, o, float(empty), dtype, sptr)
     return K.CenterOfMass(shifts, intensity)
 
 
@@ -229,7 +221,7 @@ def com_and_virtual_images(
     raw = _reduce(
         flat, both, [True] + [False] * k, [K._threshold(threshold)] + [float("nan")] * k, sptr
     )
-    shifts, intensity = _finish_com(raw, 0, scan_shape, o, float(empty), dtype, sptr)
+    shifts, intensity = _finish_com(raw, scan_shape, o, float(empty), dtype, sptr)
     images = _finish_images(
         raw, [3 + m for m in range(k)], vis, single, scan_shape, normalize, dtype, sptr
     )

@@ -122,9 +122,9 @@ def _com_mask(det_shape, radius, inner_radius, mask, origin) -> np.ndarray:
     return _com_plan(det_shape, *_com_geometry(radius, inner_radius, origin)).masks[0]
 
 
-def _out_array(out, shape, dtype, name) -> np.ndarray:
+def _out_array(out, shape, dtype, name, xp=np) -> np.ndarray:
     if out is None:
-        return np.empty(shape, dtype)
+        return xp.empty(shape, dtype)
     if (
         not isinstance(out, np.ndarray)
         or out.shape != tuple(shape)
@@ -145,14 +145,16 @@ def _result_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _finish_com(raw, col, scan_shape, origin, empty, dtype, out) -> CenterOfMass:
+def _finish_com(raw, col, scan_shape, origin, empty, dtype, out, xp=np) -> CenterOfMass:
+    """Shifts and intensity from the reduction's columns; ``xp``: numpy, or cupy for results
+    computed on the GPU (stemedge.gpu)."""
     s, sy, sx = raw[:, col], raw[:, col + 1], raw[:, col + 2]
     out_shifts, out_int = (None, None) if out is None else out
-    shifts = _out_array(out_shifts, (*scan_shape, 2), dtype, "out[0] (shifts)")
-    intensity = _out_array(out_int, scan_shape, dtype, "out[1] (intensity)")
+    shifts = _out_array(out_shifts, (*scan_shape, 2), dtype, "out[0] (shifts)", xp)
+    intensity = _out_array(out_int, scan_shape, dtype, "out[1] (intensity)", xp)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cy = np.where(s != 0, sy / s - origin[0], empty)
-        cx = np.where(s != 0, sx / s - origin[1], empty)
+        cy = xp.where(s != 0, sy / s - origin[0], empty)
+        cx = xp.where(s != 0, sx / s - origin[1], empty)
     shifts[..., 0] = cy.reshape(scan_shape)
     shifts[..., 1] = cx.reshape(scan_shape)
     intensity[...] = s.reshape(scan_shape)
@@ -234,16 +236,16 @@ def _check_normalize(normalize: str) -> None:
         raise ValueError(f"normalize must be 'sum' or 'mean', got {normalize!r}")
 
 
-def _finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, out) -> np.ndarray:
+def _finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, out, xp=np):
     k = len(ms)
     shape = scan_shape if single else (k, *scan_shape)
-    images = _out_array(out, shape, dtype, "out")
+    images = _out_array(out, shape, dtype, "out", xp)
     view = images.reshape((1, *scan_shape)) if single else images
     sums = ms.weight_sums()
     for m in range(k):
         v = raw[:, cols[m]]
         if normalize == "mean":
-            v = v / sums[m] if sums[m] != 0 else np.full_like(v, np.nan)
+            v = v / sums[m] if sums[m] != 0 else xp.full_like(v, np.nan)
         view[m] = v.reshape(scan_shape)
     return images
 

@@ -133,6 +133,23 @@ def register() -> bool:
         return is_registered()
 
 
+def check_options(mode: str, max_abs_error, threshold) -> tuple[float, int]:
+    """Check the codec options (filter and numcodecs codec alike); returns the error bound as a
+    float and the threshold as an int."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if isinstance(max_abs_error, bool) or not isinstance(max_abs_error, (int, float, np.number)):
+        raise TypeError(f"max_abs_error must be a number, got {type(max_abs_error).__name__}")
+    err = float(max_abs_error)
+    if not math.isfinite(err) or err < 0:
+        raise ValueError(f"max_abs_error must be finite and ≥ 0, got {max_abs_error!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)):
+        raise TypeError(f"threshold must be an int, got {type(threshold).__name__}")
+    if not 0 <= int(threshold) < 2**64:
+        raise ValueError(f"threshold must be between 0 and 2**64-1, got {threshold}")
+    return err, int(threshold)
+
+
 def _u32_pair(raw: bytes) -> tuple[int, int]:
     lo, hi = struct.unpack("<II", raw)
     return lo, hi
@@ -170,19 +187,8 @@ def cd_values(
         raise ValueError(
             f"chunk_shape must have 1 to {MAX_DIMS} axes of 1 to 2**32-1 elements, got {shape}"
         )
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if isinstance(max_abs_error, bool) or not isinstance(max_abs_error, (int, float, np.number)):
-        raise TypeError(f"max_abs_error must be a number, got {type(max_abs_error).__name__}")
-    err = float(max_abs_error)
-    if not math.isfinite(err) or err < 0:
-        raise ValueError(f"max_abs_error must be finite and ≥ 0, got {max_abs_error!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)):
-        raise TypeError(f"threshold must be an int, got {type(threshold).__name__}")
-    if not 0 <= int(threshold) < 2**64:
-        raise ValueError(f"threshold must be between 0 and 2**64-1, got {threshold}")
+    err, thr = check_options(mode, max_abs_error, threshold)
     err_lo, err_hi = _u32_pair(struct.pack("<d", err))
-    thr = int(threshold)
     return (
         CD_FORMAT,
         code,

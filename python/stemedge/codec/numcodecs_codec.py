@@ -17,7 +17,6 @@ reader would reinterpret its bytes in the stored order).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numcodecs
@@ -26,7 +25,7 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray_like, ndarray_copy
 
 from stemedge import _native
-from stemedge.codec.hdf5 import MODES
+from stemedge.codec.hdf5 import check_options
 
 __all__ = ["StemedgeCodec"]
 
@@ -47,18 +46,8 @@ class StemedgeCodec(Codec):
     codec_id = "stemedge"
 
     def __init__(self, mode: str = "auto", max_abs_error: float = 0.0, threshold: int = 0):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-        err = float(max_abs_error)
-        if not math.isfinite(err) or err < 0:
-            raise ValueError(f"max_abs_error must be finite and ≥ 0, got {max_abs_error!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)):
-            raise TypeError(f"threshold must be an int, got {type(threshold).__name__}")
-        if not 0 <= int(threshold) < 2**64:
-            raise ValueError(f"threshold must be between 0 and 2**64-1, got {threshold}")
+        self.max_abs_error, self.threshold = check_options(mode, max_abs_error, threshold)
         self.mode = mode
-        self.max_abs_error = err
-        self.threshold = int(threshold)
 
     def encode(self, buf: Any) -> bytes:
         """One chunk (an ndarray, or any buffer: then its bytes as uint8) → one stemedge chunk."""

@@ -129,6 +129,25 @@ class SwiftMicroscope(Microscope):
         cfp.processing = None
         return cfp
 
+    def _eels_params(self, exposure_ms: float):
+        """EELS frame parameters for spectra (``sum_project``); MicroscopeError without EELS."""
+        if self._eels is None:
+            raise MicroscopeError("no EELS camera is registered")
+        efp = self._eels.get_current_frame_parameters()
+        efp.exposure_ms = exposure_ms
+        efp.processing = "sum_project"
+        return efp
+
+    def _scan_params(self, ny: int, nx: int):
+        """Scan frame parameters for a new synchronized ny × nx scan over our field of view."""
+        from nion.utils import Geometry
+
+        sfp = self._scan.get_current_frame_parameters()
+        sfp.scan_id = uuid.uuid4()
+        sfp.pixel_size = Geometry.IntSize(ny, nx)
+        sfp.fov_nm = min(self._fov_A) / 10.0
+        return sfp
+
     def _mrad_per_px(self) -> float:
         """The camera's angular calibration at our binning (NaN if it gives none in rad)."""
         try:
@@ -234,13 +253,9 @@ class SwiftMicroscope(Microscope):
     ) -> tuple[np.ndarray, np.ndarray]:
         pos = check_positions(positions_A, self._fov_A, 4096)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
-        if self._eels is None:
-            raise MicroscopeError("no EELS camera is registered")
+        efp = self._eels_params(exposure)
         with self._lock:
             self._aborted.clear()
-            efp = self._eels.get_current_frame_parameters()
-            efp.exposure_ms = exposure
-            efp.processing = "sum_project"
             self._eels.set_current_frame_parameters(efp)
             spectra = []
             try:
@@ -252,21 +267,14 @@ class SwiftMicroscope(Microscope):
                     spectra.append(np.asarray(xdata.data, np.float32).reshape(-1))
             finally:
                 self._eels.stop_playing(sync_timeout=3.0)
-        cal = xdata.dimensional_calibrations[-1]
-        energy = (cal.offset + cal.scale * np.arange(spectra[0].size)).astype(np.float32)
-        return np.stack(spectra), energy
+        return np.stack(spectra), _energy_axis(xdata.dimensional_calibrations[-1], spectra[0].size)
 
     def scan_4d(self, size, *, exposure_ms: float = 1.0) -> Source:
         """A synchronized 4D scan that streams while Swift acquires: frames reach the data
         plane as the camera delivers them, not when the scan ends."""
         ny, nx = check_shape(size, "size", 1024)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
-        from nion.utils import Geometry
-
-        sfp = self._scan.get_current_frame_parameters()
-        sfp.scan_id = uuid.uuid4()
-        sfp.pixel_size = Geometry.IntSize(ny, nx)
-        sfp.fov_nm = min(self._fov_A) / 10.0
+        sfp = self._scan_params(ny, nx)
         cfp = self._camera_params(exposure)
         info = self._scan.grab_synchronized_get_info(
             scan_frame_parameters=sfp, camera=self._camera, camera_frame_parameters=cfp
@@ -291,17 +299,8 @@ class SwiftMicroscope(Microscope):
         spectra (1, channels), ``source.energy_eV`` from the camera's calibration."""
         ny, nx = check_shape(size, "size", 1024)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
-        if self._eels is None:
-            raise MicroscopeError("no EELS camera is registered")
-        from nion.utils import Geometry
-
-        sfp = self._scan.get_current_frame_parameters()
-        sfp.scan_id = uuid.uuid4()
-        sfp.pixel_size = Geometry.IntSize(ny, nx)
-        sfp.fov_nm = min(self._fov_A) / 10.0
-        efp = self._eels.get_current_frame_parameters()
-        efp.exposure_ms = exposure
-        efp.processing = "sum_project"
+        efp = self._eels_params(exposure)
+        sfp = self._scan_params(ny, nx)
         info = self._scan.grab_synchronized_get_info(
             scan_frame_parameters=sfp, camera=self._eels, camera_frame_parameters=efp
         )
@@ -309,26 +308,17 @@ class SwiftMicroscope(Microscope):
         cal = info.data_calibrations[-1]
         geometry = ScanGeometry((ny, nx), (1, channels), np.dtype(np.float32), None)
         source = _SwiftScan(self, sfp, efp, geometry, camera=self._eels, kind="scan_spectra")
-        source.energy_eV = (cal.offset + cal.scale * np.arange(channels)).astype(np.float32)
+        source.energy_eV = _energy_axis(cal, channels)
         return source
 
     def spectrum_image(self, size, *, exposure_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         ny, nx = check_shape(size, "size", 1024)
         exposure = check_positive(exposure_ms, "exposure_ms", 1e4)
-        if self._eels is None:
-            raise MicroscopeError("no EELS camera is registered")
-        from nion.utils import Geometry
-
+        efp = self._eels_params(exposure)
         with self._lock:
             self._aborted.clear()
             self._instrument.probe_position = None
-            sfp = self._scan.get_current_frame_parameters()
-            sfp.scan_id = uuid.uuid4()
-            sfp.pixel_size = Geometry.IntSize(ny, nx)
-            sfp.fov_nm = min(self._fov_A) / 10.0
-            efp = self._eels.get_current_frame_parameters()
-            efp.exposure_ms = exposure
-            efp.processing = "sum_project"
+            sfp = self._scan_params(ny, nx)
             result = self._scan.grab_synchronized(
                 scan_frame_parameters=sfp, camera=self._eels, camera_frame_parameters=efp
             )
@@ -336,9 +326,7 @@ class SwiftMicroscope(Microscope):
                 raise MicroscopeError("spectrum image aborted")
             xdata = result[1][0]
         cube = np.ascontiguousarray(np.asarray(xdata.data, np.float32))
-        cal = xdata.dimensional_calibrations[-1]
-        energy = (cal.offset + cal.scale * np.arange(cube.shape[-1])).astype(np.float32)
-        return cube, energy
+        return cube, _energy_axis(xdata.dimensional_calibrations[-1], cube.shape[-1])
 
     def show(self, title: str, data: Any, *, pixel_A: tuple[float, float] | None = None) -> None:
         title, a = check_display(title, data)
@@ -451,3 +439,8 @@ class _SwiftScan(Source):
             if thread.is_alive():  # the consumer stopped early: stop the instrument too
                 scope.abort()
             thread.join(timeout=30.0)
+
+
+def _energy_axis(cal, n: int) -> np.ndarray:
+    """Energy (eV) of each of ``n`` channels from Swift's calibration of the spectral axis."""
+    return (cal.offset + cal.scale * np.arange(n)).astype(np.float32)

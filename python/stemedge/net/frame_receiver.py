@@ -736,9 +736,8 @@ class FrameReceiver(Source):
         if not self._payload_ok(h, self._sock.recv_into(view), view):
             return False
         idx = np.arange(first, first + n, dtype=np.int64)
-        keep = self._state[first : first + n] == 0
+        keep = self._fresh(idx, mask=True)
         if not keep.all():
-            self._reject_frames("duplicate", int(n - keep.sum()))
             frames = slot.frames[writer.pos : writer.pos + n]
             frames[: keep.sum()] = frames[keep]  # compact (fancy indexing copies first)
             idx = idx[keep]

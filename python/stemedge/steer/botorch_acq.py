@@ -135,7 +135,8 @@ def select_botorch(
         acq = qLogNoisyExpectedImprovement(
             bo, X_baseline=base, sampler=sampler, prune_baseline=True, cache_root=False
         )
-    choices = torch.as_tensor(np.asarray(features, np.float64)[order]).unsqueeze(-2)  # (m, 1, d)
+    features = np.asarray(features, np.float64)
+    choices = torch.as_tensor(features[order]).unsqueeze(-2)  # (m, 1, d)
     alive = np.ones(len(order), bool)
     picks: list[int] = []
     with torch.no_grad():
@@ -152,5 +153,5 @@ def select_botorch(
             if exclusion_A > 0:
                 d2 = ((positions_A[order] - positions_A[order[j]]) ** 2).sum(axis=1)
                 alive &= d2 >= exclusion_A**2
-            acq.set_X_pending(torch.as_tensor(np.asarray(features, np.float64)[picks]))
+            acq.set_X_pending(torch.as_tensor(features[picks]))
     return np.asarray(picks, dtype=np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 
 from stemedge.control.microscope import Microscope, SurveyImage
 from stemedge.steer.acquisition import ACQUISITIONS, scores, select_batch
-from stemedge.steer.botorch_acq import BOTORCH_ACQUISITIONS
+from stemedge.steer.botorch_acq import BOTORCH_ACQUISITIONS, select_botorch
 from stemedge.steer.features import Candidates, candidates_from_survey, candidates_on_grid
 from stemedge.steer.models import GPModel, Model
 from stemedge.steer.record import Measurements, read_record, write_record
@@ -344,9 +344,7 @@ class SteeringLoop:
             best = float(np.max(sign * measured.values[ok])) if ok.any() else 0.0
             kinds = c["acquisition"].split("+")
             kind = kinds[len(measured.steps) % len(kinds)]
-            if kind in BOTORCH_ACQUISITIONS:
-                from stemedge.steer.botorch_acq import select_botorch
-
+            if kind in BOTORCH_ACQUISITIONS:  # (torch is imported only here, on first use)
                 batch = select_botorch(
                     kind,
                     self.model,
