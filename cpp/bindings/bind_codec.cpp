@@ -4,10 +4,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "../src/codec_layout.hpp"
 #include "stemedge/codec.h"
 
 namespace stemedge::bind {
@@ -130,6 +132,47 @@ py::dict info(const py::buffer& blob, bool verify) {
     return d;
 }
 
+template <class V>
+py::array vec(const std::vector<V>& v) {
+    py::array_t<V> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(V));
+    return a;
+}
+
+// The DENSE chunk's model and payload offsets for the GPU decoder, or None for other chunks.
+py::object dense_layout(const py::buffer& blob) {
+    const py::buffer_info b = blob_buffer(blob);
+    codec::DenseLayout l;
+    bool dense;
+    try {
+        py::gil_scoped_release release;
+        dense = codec::dense_layout(b.ptr, static_cast<std::size_t>(b.size), l);
+    } catch (const std::exception& e) {
+        throw py::value_error(std::string("stemedge codec: ") + e.what());
+    }
+    if (!dense) return py::none();
+    py::dict d;
+    d["dtype"] = numpy_name(l.dtype);
+    d["frames"] = l.frames;
+    d["pixels"] = l.pixels;
+    d["lo"] = l.lo;
+    d["hi"] = l.hi;
+    d["klass"] = vec(l.klass);
+    d["base"] = vec(l.base);
+    d["sym"] = vec(l.sym);
+    d["fc"] = vec(l.fc);
+    d["qmin"] = vec(l.qmin);
+    d["esc"] = vec(l.esc);
+    d["shift"] = vec(l.shift);
+    d["x"] = vec(std::vector<std::uint32_t>(l.x, l.x + 32));
+    d["words_offset"] = l.words_offset;
+    d["n_words"] = l.n_words;
+    d["bits_offset"] = l.bits_offset;
+    d["nbits"] = l.nbits;
+    d["raw_crc"] = l.raw_crc;
+    return d;
+}
+
 py::array decompress(const py::buffer& blob, const py::object& out_obj) {
     const py::buffer_info b = blob_buffer(blob);
     se_info i{};
@@ -181,6 +224,10 @@ void init_codec(py::module_& m) {
           py::arg("blob"), py::arg("verify") = true);
     m.def("codec_set_simd", [](bool enabled) { se_set_simd(enabled ? 1 : 0); },
           "Use (default) or bypass the AVX-512 decoder; the output is identical.", py::arg("enabled"));
+    m.def("codec_dense_layout", &dense_layout,
+          "A lossless-integer DENSE chunk's parsed model and payload offsets (for the GPU "
+          "decoder; the chunk CRC is verified), or None for other chunks.",
+          py::arg("blob"));
     m.def("codec_crc32c", &crc32c_of, "CRC-32C of a byte buffer (the codec's checksum).", py::arg("data"));
 }
 

@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "codec_layout.hpp"
 #include "codec_rans.hpp"
 #include "codec_simd.hpp"
 
@@ -530,19 +531,27 @@ bool dense_simd_fits(const Mapper<T>& m, std::uint64_t pixels, const std::vector
     }
 }
 
-template <class T>
-void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m, T* out) {
+// The model part of a DENSE body: class and base maps, then the class tables; klass[p] is the
+// index into `models` of pixel p's class. Shared by the decoder and dense_layout (the GPU's).
+struct DenseRead {
+    std::vector<std::int64_t> base;
+    std::vector<ClassModel> models;
+    std::vector<std::uint8_t> klass;
+};
+
+DenseRead read_dense_model(Reader& r, std::uint64_t pixels) {
+    DenseRead out;
     std::vector<std::int64_t> cls64 = decode_ints(r, pixels);
-    std::vector<std::int64_t> base = decode_ints(r, pixels);
+    out.base = decode_ints(r, pixels);
     const std::size_t n_used = r.get<std::uint16_t>();
     if (n_used == 0 || n_used > kMaxClass + 1) throw CodecError(SE_ERR_CORRUPT, "dense: bad class count");
     std::vector<int> slot_of_class(kMaxClass + 1, -1);
-    std::vector<ClassModel> models(n_used);
+    out.models.resize(n_used);
     for (std::size_t k = 0; k < n_used; ++k) {
         const int c = r.get<std::uint8_t>();
         if (c > kMaxClass || slot_of_class[c] != -1) throw CodecError(SE_ERR_CORRUPT, "dense: bad class id");
         slot_of_class[c] = static_cast<int>(k);
-        ClassModel& cm = models[k];
+        ClassModel& cm = out.models[k];
         cm.shift = r.get<std::uint8_t>();
         if (cm.shift > 32) throw CodecError(SE_ERR_CORRUPT, "dense: bad shift");
         cm.qmin = r.get<std::int64_t>();
@@ -550,6 +559,22 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         cm.table = Table::read(r.p, r.end, 2 * kWindow + 2);
         cm.nsym = cm.table.size() - 1;
     }
+    out.klass.resize(pixels);
+    for (std::uint64_t p = 0; p < pixels; ++p) {
+        const std::int64_t c = cls64[p];
+        if (c < 0 || c > kMaxClass || slot_of_class[c] < 0) throw CodecError(SE_ERR_CORRUPT, "dense: pixel class not in the model");
+        out.klass[p] = static_cast<std::uint8_t>(slot_of_class[c]);
+    }
+    return out;
+}
+
+template <class T>
+void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m, T* out) {
+    DenseRead model = read_dense_model(r, pixels);
+    const std::vector<std::int64_t>& base = model.base;
+    const std::vector<ClassModel>& models = model.models;
+    const std::vector<std::uint8_t>& klass = model.klass;
+    const std::size_t n_used = models.size();
     // Per class, the few numbers the inner loop needs, in one small array (L1-resident); per
     // pixel, its class index.
     struct Dec {
@@ -566,12 +591,6 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
             fcs[k].push_back(cm.table.freq[s] | static_cast<std::uint32_t>(cm.table.cum[s]) << 16);
         dec[k] = {cm.table.sym_of_slot.data(), fcs[k].data(), cm.qmin,
                   static_cast<std::uint32_t>(cm.esc()), cm.shift};
-    }
-    std::vector<std::uint8_t> klass(pixels);
-    for (std::uint64_t p = 0; p < pixels; ++p) {
-        const std::int64_t c = cls64[p];
-        if (c < 0 || c > kMaxClass || slot_of_class[c] < 0) throw CodecError(SE_ERR_CORRUPT, "dense: pixel class not in the model");
-        klass[p] = static_cast<std::uint8_t>(slot_of_class[c]);
     }
     std::size_t used = 0, used_bits = 0;
     RansDecoder d(r.p, static_cast<std::size_t>(r.end - r.p), used);
@@ -1166,6 +1185,67 @@ int64_t decompress_impl(const void* blob, size_t size, void* dst, size_t cap) {
 }
 
 }  // namespace
+
+bool dense_layout(const void* blob, std::size_t size, DenseLayout& out) {
+    if (!blob) throw CodecError(SE_ERR_ARG, "no chunk");
+    const auto* b = static_cast<const std::uint8_t*>(blob);
+    const Header h = read_header(b, size);
+    const std::size_t covered = h.header_nbytes + h.body_nbytes;
+    std::uint32_t crc;
+    std::memcpy(&crc, b + covered, 4);
+    if (crc32c(b, covered) != crc) throw CodecError(SE_ERR_CHECKSUM, "chunk checksum mismatch");
+    const DT dt = dtype_info(h.dtype);
+    if (h.mode != SE_MODE_DENSE || !dt.is_int || dt.size > 4 || h.dtype == SE_BOOL) return false;
+    bool lossless = true;
+    dispatch(h.dtype, [&](auto tag) {
+        using T = decltype(tag);
+        if constexpr (!std::is_floating_point<T>::value && sizeof(T) <= 4) {
+            const Mapper<T> m = make_mapper<T>(h);
+            lossless = m.kind == 0;
+            out.lo = Mapper<T>::lo();
+            out.hi = Mapper<T>::hi();
+        }
+    });
+    if (!lossless) return false;
+    Reader r{b + h.header_nbytes, b + covered};
+    DenseRead model = read_dense_model(r, h.pixels);
+    const std::size_t nc = model.models.size();
+    out.dtype = h.dtype;
+    out.frames = h.frames;
+    out.pixels = h.pixels;
+    out.elem_bytes = static_cast<unsigned>(dt.size);
+    out.raw_crc = h.raw_crc;
+    out.klass = std::move(model.klass);
+    out.base = std::move(model.base);
+    out.sym.assign(nc * kScale, 0);
+    out.fc.assign(nc * 256, 0);
+    out.qmin.resize(nc);
+    out.esc.resize(nc);
+    out.shift.resize(nc);
+    for (std::size_t k = 0; k < nc; ++k) {
+        const ClassModel& cm = model.models[k];
+        const Table& t = cm.table;
+        if (t.size() > 256) throw CodecError(SE_ERR_CORRUPT, "dense: table too large");
+        std::copy(t.sym_of_slot.begin(), t.sym_of_slot.end(), out.sym.begin() + k * kScale);
+        for (std::size_t sy = 0; sy < t.size(); ++sy)
+            out.fc[k * 256 + sy] = t.freq[sy] | static_cast<std::uint32_t>(t.cum[sy]) << 16;
+        out.qmin[k] = cm.qmin;
+        out.esc[k] = static_cast<std::uint32_t>(cm.esc());
+        out.shift[k] = cm.shift;
+    }
+    std::size_t used = 0, used_bits = 0;
+    RansDecoder d(r.p, static_cast<std::size_t>(r.end - r.p), used);
+    if (d.mask_ != 31) throw CodecError(SE_ERR_CORRUPT, "dense: the payload must have 32 lanes");
+    BitReader bits(r.p + used, static_cast<std::size_t>(r.end - r.p) - used, used_bits);
+    std::memcpy(out.x, d.x_, sizeof out.x);
+    out.words_offset = static_cast<std::uint64_t>(d.words_ - b);
+    out.n_words = d.n_words_;
+    out.bits_offset = static_cast<std::uint64_t>(bits.p_ - b);
+    out.nbits = bits.nbits_;
+    if (r.p + used + used_bits != r.end) throw CodecError(SE_ERR_CORRUPT, "dense: trailing bytes");
+    return true;
+}
+
 }  // namespace stemedge::codec
 
 using stemedge::codec::CodecError;

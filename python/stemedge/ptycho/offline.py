@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stemedge import gpu
 from stemedge.calibration import Calibration
 from stemedge.geometry import FRAME_DTYPES
 from stemedge.ptycho.plan import SSBPlan
@@ -58,12 +59,13 @@ class SSBResult:
 
 
 def _check_data(data: Any) -> np.ndarray:
-    if not isinstance(data, np.ndarray):
-        if hasattr(data, "__cuda_array_interface__"):
-            raise TypeError(
-                "data: GPU arrays are not supported by this build's SSB; pass a numpy array "
-                "(cupy.asnumpy(data))"
+    if gpu.is_device_array(data):
+        if getattr(data, "ndim", None) != 4:
+            raise ValueError(
+                f"data: expected (scan_y, scan_x, det_y, det_x), got shape {data.shape}"
             )
+        return data
+    if not isinstance(data, np.ndarray):
         raise TypeError(
             f"data: pass a numpy array (scan_y, scan_x, det_y, det_x), got {type(data).__name__}"
         )
@@ -85,15 +87,18 @@ def ssb(
     binning: int = 1,
     nthreads: int | None = None,
     plan: SSBPlan | None = None,
+    stream=None,
 ) -> SSBResult:
     """Single-sideband ptychography of a whole 4D scan.
 
     Parameters
     ----------
-    data : numpy.ndarray or SimulatedScan
+    data : numpy.ndarray, cupy.ndarray or SimulatedScan
         Frames (scan_y, scan_x, det_y, det_x), uint8/uint16/uint32/float32, read in place (any
-        strides with contiguous rows). A :class:`stemedge.sim.SimulatedScan` brings its own
-        calibration.
+        strides with contiguous rows). Frames on a GPU (cupy, C-contiguous) are reconstructed
+        there (:mod:`stemedge.ptycho.device`) and the result's arrays are cupy arrays on the
+        same device; the weights are generated on the device and the host ones never built.
+        A :class:`stemedge.sim.SimulatedScan` brings its own calibration.
     calibration : Calibration
         Scan step, detector sampling, voltage, convergence angle, origin, rotation/flip
         (PHYSICS.md C4: the same transform as CoM).
@@ -109,6 +114,9 @@ def ssb(
         Threads for the native steps and the FFT (None: all cores).
     plan : SSBPlan, optional
         A plan made earlier for the same geometry and options (skips weight generation).
+    stream : cupy.cuda.Stream, optional
+        For cupy data: the stream to run on (default: the data's producer stream, else cupy's
+        current one). Ignored for numpy data.
 
     Returns
     -------
@@ -140,6 +148,11 @@ def ssb(
             f"data is {scan_shape} × {det_shape}"
         )
     t1 = time.perf_counter()
+    if gpu.is_device_array(data):
+        from stemedge.ptycho.device import ssb_device
+
+        wave, phase, amplitude, transfer, steps = ssb_device(data, plan, stream=stream)
+        return SSBResult(wave, phase, amplitude, transfer, plan, {"plan": t1 - t0, **steps})
     n = scan_shape[0] * scan_shape[1]
     cube, mean = plan.gather(data)
     t2 = time.perf_counter()

@@ -15,6 +15,8 @@ shared by the offline route (:func:`stemedge.ssb`) and the live one
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -85,6 +87,66 @@ def _bright_field(
     return ptr, pix, offsets
 
 
+@dataclasses.dataclass(frozen=True)
+class _Columns:
+    col_qy: np.ndarray
+    col_qx: np.ndarray
+    cells: np.ndarray
+    dc_column: int
+    mirror: np.ndarray
+    transfer: np.ndarray
+    band_coverage: float
+
+
+def _columns(col_qy, col_qx, col_transfer, scan_shape, calibration) -> _Columns:
+    """Cells, Q = 0, mirror flags, the transfer plane and band coverage of kept columns."""
+    ny, nx = scan_shape
+    nxh = nx // 2 + 1
+    cells = col_qy.astype(np.int64) * nxh + col_qx
+    dc = np.nonzero((col_qy == 0) & (col_qx == 0))[0]
+    if dc.size != 1:  # pragma: no cover - Q = 0 is always a candidate and always kept
+        raise RuntimeError("SSB plan lost the Q = 0 term")
+    mirror = mirror_columns(col_qx, nx)
+    transfer = np.zeros(scan_shape, np.float32)
+    transfer[col_qy, col_qx] = col_transfer
+    transfer[(-col_qy[mirror]) % ny, (-col_qx[mirror]) % nx] = col_transfer[mirror]
+    # Fraction of the band 0 < |Q| < 2k_α that the weights cover (pixelation and `cutoff`
+    # drop the smallest and largest |Q|).
+    sy, sx = calibration.scan_step_A
+    band = np.fft.fftfreq(ny, sy)[:, None] ** 2 + np.fft.fftfreq(nx, sx)[None, :] ** 2
+    in_band = (band > 0) & (band < 4.0 * calibration.k_alpha**2)
+    coverage = float((transfer[in_band] > 0).mean()) if in_band.any() else 0.0
+    return _Columns(col_qy, col_qx, cells, int(dc[0]), mirror, transfer, coverage)
+
+
+def mirror_columns(col_qx, nx: int):
+    """Columns whose mirror −Q lies outside the half plane (0 < qx < Nx/2): they are filled by
+    F(−Q) = −F*(Q); qx = 0 and the Nyquist column hold both signs already."""
+    return (col_qx > 0) & (2 * col_qx.astype(np.int64) != nx)
+
+
+def object_wave(F, col_qy, col_qx, mirror, dc_column: int, n_frames: int, scan_shape, xp=np):
+    """ψ = ifft2 of the plane filled from half-plane sums ``F`` (and F(−Q) = −F*(Q)), divided
+    by the mean bright-field intensity ``F(0)/n_frames``; complex64. NaN without intensity.
+    ``xp`` is numpy or cupy (then nothing is synchronised: the level is checked on the device)."""
+    ny, nx = scan_shape
+    full = xp.zeros(scan_shape, xp.complex128)
+    full[col_qy, col_qx] = F
+    full[(-col_qy[mirror]) % ny, (-col_qx[mirror]) % nx] = -xp.conj(F[mirror])
+    if xp is np:
+        level = F[dc_column].real / n_frames if n_frames > 0 else 0.0
+        if not (math.isfinite(level) and level != 0.0):
+            return np.full(scan_shape, np.nan + 0j, np.complex64)
+        psi = np.fft.ifft2(full)
+        psi /= level
+        return psi.astype(np.complex64)
+    level = F[dc_column].real / max(n_frames, 1)
+    ok = xp.isfinite(level) & (level != 0) & (n_frames > 0)
+    psi = xp.fft.ifft2(full)
+    psi = xp.where(ok, psi / xp.where(ok, level, 1.0), xp.complex128(complex(np.nan, 0.0)))
+    return psi.astype(xp.complex64)
+
+
 class SSBPlan:
     """Bright-field pixels, frequencies and weights for one geometry (see the module docstring).
 
@@ -141,51 +203,57 @@ class SSBPlan:
 
         ptr, pix, offsets = _bright_field(self.det_shape, calibration, self.binning)
         self.pixels = _native.SsbPixels(self.det_shape, ptr, pix)
+        self.pixel_lists = (ptr, pix)  # CSR (uint32): what the GPU route uploads
         dk = calibration.k_per_px
         k = offsets @ calibration.transform.T * dk  # scan frame: k = T·(q − c)·Δk
         self.k = np.ascontiguousarray(k)  # (P, 2) [Å⁻¹]
 
         ny, nx = self.scan_shape
         sy, sx = calibration.scan_step_A
-        nxh = nx // 2 + 1
         fy = np.fft.fftfreq(ny, sy)
         fx = np.fft.rfftfreq(nx, sx)
         k_alpha = calibration.k_alpha
         iy, ix = np.nonzero(fy[:, None] ** 2 + fx[None, :] ** 2 < 4.0 * k_alpha**2)
-        ab = [self.aberrations.get(key, 0.0) for key in ABERRATION_KEYS]
-        self.trotters = _native.SsbTrotters(
+        # Candidate frequencies (half plane, |Q| < 2k_α): indices and values [Å⁻¹]; the
+        # weights keep a subset of them (the GPU route evaluates all of them on the device).
+        self.cand_iy, self.cand_ix = iy.astype(np.int32), ix.astype(np.int32)
+        self.cand_qy = fy[iy].astype(np.float64)
+        self.cand_qx = fx[ix].astype(np.float64)
+        self.aberration_values = [float(self.aberrations.get(key, 0.0)) for key in ABERRATION_KEYS]
+
+    @functools.cached_property
+    def trotters(self) -> _native.SsbTrotters:
+        """The host weights (built on first use: the GPU route generates them on the device)."""
+        cal = self.calibration
+        return _native.SsbTrotters(
             self.k[:, 0].copy(),
             self.k[:, 1].copy(),
-            fy[iy].astype(np.float64),
-            fx[ix].astype(np.float64),
-            k_alpha,
-            calibration.wavelength_A,
-            ab,
+            self.cand_qy,
+            self.cand_qx,
+            cal.k_alpha,
+            cal.wavelength_A,
+            self.aberration_values,
             self.cutoff,
-            normalization,
+            self.normalization,
             self.nthreads,
         )
+
+    @functools.cached_property
+    def _columns(self) -> _Columns:
         kept = self.trotters.kept
-        self.col_qy = iy[kept].astype(np.int32)
-        self.col_qx = ix[kept].astype(np.int32)
-        self.cells = (self.col_qy.astype(np.int64) * nxh + self.col_qx).astype(np.int64)
-        dc = np.nonzero((self.col_qy == 0) & (self.col_qx == 0))[0]
-        if dc.size != 1:  # pragma: no cover - Q = 0 is always a candidate and always kept
-            raise RuntimeError("SSB plan lost the Q = 0 term")
-        self.dc_column = int(dc[0])
-        # Columns whose mirror −Q lies outside the half plane (0 < qx < Nx/2) are filled by
-        # F(−Q) = −F*(Q); qx = 0 and the Nyquist column hold both signs already.
-        self._mirror = (self.col_qx > 0) & (2 * self.col_qx.astype(np.int64) != nx)
-        transfer = np.zeros(self.scan_shape, np.float32)
-        transfer[self.col_qy, self.col_qx] = self.trotters.transfer
-        m = self._mirror
-        transfer[(-self.col_qy[m]) % ny, (-self.col_qx[m]) % nx] = self.trotters.transfer[m]
-        self.transfer = transfer
-        # Fraction of the band 0 < |Q| < 2k_α that the weights cover (pixelation and `cutoff`
-        # drop the smallest and largest |Q|).
-        band = np.fft.fftfreq(ny, sy)[:, None] ** 2 + np.fft.fftfreq(nx, sx)[None, :] ** 2
-        in_band = (band > 0) & (band < 4.0 * k_alpha**2)
-        self.band_coverage = float((transfer[in_band] > 0).mean()) if in_band.any() else 0.0
+        col_qy = self.cand_iy[kept]
+        col_qx = self.cand_ix[kept]
+        return _columns(col_qy, col_qx, self.trotters.transfer, self.scan_shape, self.calibration)
+
+    # The kept half-plane frequencies (indices into the rfft2 plane), their flat cell numbers,
+    # the column of Q = 0, the weak-phase transfer plane and the band coverage.
+    col_qy = property(lambda self: self._columns.col_qy)
+    col_qx = property(lambda self: self._columns.col_qx)
+    cells = property(lambda self: self._columns.cells)
+    dc_column = property(lambda self: self._columns.dc_column)
+    _mirror = property(lambda self: self._columns.mirror)
+    transfer = property(lambda self: self._columns.transfer)
+    band_coverage = property(lambda self: self._columns.band_coverage)
 
     @property
     def n_pixels(self) -> int:
@@ -252,17 +320,8 @@ class SSBPlan:
         """The object wave from half-plane sums ``F`` of ``n_frames`` frames: ``ψ = ifft2(F)``
         divided by the mean bright-field intensity ``F(0)/n_frames``, so a weak phase object
         gives ``1 + iφ`` (complex64, scan shape). NaN when there is no intensity."""
-        ny, nx = self.scan_shape
-        full = np.zeros(self.scan_shape, np.complex128)
-        full[self.col_qy, self.col_qx] = F
-        m = self._mirror
-        full[(-self.col_qy[m]) % ny, (-self.col_qx[m]) % nx] = -np.conj(F[m])
-        level = F[self.dc_column].real / n_frames if n_frames > 0 else 0.0
-        if not (math.isfinite(level) and level != 0.0):
-            return np.full(self.scan_shape, np.nan + 0j, np.complex64)
-        psi = np.fft.ifft2(full)
-        psi /= level
-        return psi.astype(np.complex64)
+        c = self._columns
+        return object_wave(F, c.col_qy, c.col_qx, c.mirror, c.dc_column, n_frames, self.scan_shape)
 
     def parameters(self) -> dict[str, Any]:
         """JSON-able description, for provenance."""
