@@ -1,11 +1,15 @@
-"""Shared test helpers: where this stemedge lives (for subprocesses) and the real data files."""
+"""Shared test helpers: where this stemedge lives (for subprocesses), the real data files and
+small random SSB scans."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
+
 import stemedge
+from stemedge.calibration import Calibration
 
 # The directory this stemedge was imported from: the source tree's python/ in development, the
 # virtual environment's site-packages in CI. Subprocesses must import the same (built) package.
@@ -32,3 +36,13 @@ def _realdata() -> Path:
 
 
 MERLIN = _realdata()
+
+
+def ssb_scan(scan=(15, 17), det=(23, 21), seed=0, dtype=np.float32, **cal):
+    """Random non-negative 4D data and a calibration whose bright-field disk fits the detector."""
+    rng = np.random.default_rng(seed)
+    data = rng.random((*scan, *det)) * 50
+    data = data.astype(dtype) if np.dtype(dtype).kind == "f" else np.round(data).astype(dtype)
+    c = dict(scan_step_A=(0.3, 0.25), det_mrad_per_px=2.0, voltage_kV=200.0, convergence_mrad=14.0)
+    c.update(cal)
+    return data, Calibration(**c)

@@ -15,20 +15,11 @@ import numpy as np
 import pytest
 
 import stemedge
+from _helpers import ssb_scan
 from stemedge import _native
-from stemedge.calibration import Calibration
 from stemedge.ptycho.plan import SSBPlan, mirror_columns, object_wave
 
 ABERRATIONS = [None, {"C10": -40.0, "C12": 15.0, "phi12": 0.4, "C21": 300.0, "C30": 2e4}]
-
-
-def _data(scan=(15, 17), det=(23, 21), seed=0, dtype=np.float32, **cal):
-    rng = np.random.default_rng(seed)
-    data = rng.random((*scan, *det)) * 50
-    data = data.astype(dtype) if np.dtype(dtype).kind == "f" else np.round(data).astype(dtype)
-    c = dict(scan_step_A=(0.3, 0.25), det_mrad_per_px=2.0, voltage_kV=200.0, convergence_mrad=14.0)
-    c.update(cal)
-    return data, Calibration(**c)
 
 
 def _host_weights(plan: SSBPlan):
@@ -57,7 +48,7 @@ def test_device_weights_equal_the_cpu_trotters_bit_for_bit(
     aberrations, normalization, cutoff, geometry
 ):
     cal = {"rotated": {"rotation_deg": 23.0, "flip_y": True, "det_origin_px": (10.3, 11.6)}}
-    data, calibration = _data(**cal.get(geometry, {}))
+    data, calibration = ssb_scan(**cal.get(geometry, {}))
     plan = SSBPlan(
         calibration, data.shape[:2], data.shape[2:], aberrations=aberrations,
         normalization=normalization, cutoff=cutoff, binning=2 if geometry == "binned" else 1,
@@ -77,7 +68,7 @@ def test_device_weights_equal_the_cpu_trotters_bit_for_bit(
 def test_device_route_arithmetic_gives_the_cpu_wave(aberrations, normalization, shape):
     """The device route's steps in numpy: centred cube, rfft2, sums over *all* candidates with
     the device weights, the device branch of object_wave and its transfer plane."""
-    data, cal = _data(scan=shape, seed=3)
+    data, cal = ssb_scan(scan=shape, seed=3)
     ref = stemedge.ssb(data, cal, aberrations=aberrations, normalization=normalization, cutoff=2)
     plan = ref.plan
     _, transfer, w = _host_weights(plan)
@@ -104,7 +95,7 @@ def test_device_route_arithmetic_gives_the_cpu_wave(aberrations, normalization, 
 
 
 def test_plan_builds_host_weights_only_when_asked():
-    data, cal = _data()
+    data, cal = ssb_scan()
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:])
     assert "trotters" not in plan.__dict__  # the GPU route never needs them
     assert plan.n_frequencies == len(plan.trotters.kept) and "trotters" in plan.__dict__
@@ -127,7 +118,7 @@ def _cpu_forbidden(*a, **k):
 @pytest.mark.parametrize("aberrations", ABERRATIONS)
 @pytest.mark.parametrize("binning", [1, 2])
 def test_ssb_on_the_gpu_matches_the_cpu(cp, dtype, aberrations, binning):
-    data, cal = _data(scan=(15, 18), dtype=dtype, seed=5)
+    data, cal = ssb_scan(scan=(15, 18), dtype=dtype, seed=5)
     ref = stemedge.ssb(data, cal, aberrations=aberrations, binning=binning, cutoff=3)
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:], aberrations=aberrations, binning=binning,
                    cutoff=3)  # fmt: skip
@@ -146,7 +137,7 @@ def test_ssb_on_the_gpu_matches_the_cpu(cp, dtype, aberrations, binning):
 
 @pytest.mark.gpu
 def test_ssb_on_the_gpu_honours_the_stream_and_reports_no_intensity(cp):
-    data, cal = _data(scan=(12, 10), seed=6)
+    data, cal = ssb_scan(scan=(12, 10), seed=6)
     ref = stemedge.ssb(data, cal)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import stemedge
+from _helpers import ssb_scan
 from stemedge import _native
 from stemedge.analysis import SSBAnalysis, run_offline
-from stemedge.calibration import Calibration
 from stemedge.geometry import ScanGeometry
 from stemedge.pipeline import Pipeline
 from stemedge.ptycho import SSBPlan, ssb_reference
@@ -49,23 +49,13 @@ def wpo(sample):
     return simulate_4dstem(sample.phase, **OPTICS)
 
 
-def _small(scan=(15, 17), det=(23, 21), seed=0, dtype=np.float32, **cal):
-    """Random non-negative data and a calibration whose bright-field disk fits the detector."""
-    rng = np.random.default_rng(seed)
-    data = rng.random((*scan, *det)) * 50
-    data = data.astype(dtype) if np.dtype(dtype).kind == "f" else np.round(data).astype(dtype)
-    c = dict(scan_step_A=(0.3, 0.25), det_mrad_per_px=2.0, voltage_kV=200.0, convergence_mrad=14.0)
-    c.update(cal)
-    return data, Calibration(**c)
-
-
 # --- native pieces against numpy ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("binning", [1, 2, 3])
 @pytest.mark.parametrize("origin", [None, (10.3, 9.6)])
 def test_bright_field_pixels_are_the_disk_and_bins_sum_their_pixels(binning, origin):
-    data, cal = _small(det=(23, 21), det_origin_px=origin)
+    data, cal = ssb_scan(det=(23, 21), det_origin_px=origin)
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:], binning=binning)
     cy, cx = cal.origin_for(data.shape[2:])
     cube, mean = plan.gather(data, center=False)
@@ -85,7 +75,7 @@ def test_bright_field_pixels_are_the_disk_and_bins_sum_their_pixels(binning, ori
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_every_dtype_and_empty_stack(dtype):
-    data, cal = _small(dtype=dtype)
+    data, cal = ssb_scan(dtype=dtype)
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:])
     cube, mean = plan.gather(data)  # centred
     raw, _ = plan.gather(data, center=False)
@@ -99,7 +89,7 @@ def test_gather_every_dtype_and_empty_stack(dtype):
 
 
 def test_nan_in_a_float_frame_propagates_to_the_whole_image():
-    data, cal = _small()
+    data, cal = ssb_scan()
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:])
     cy, cx = (int(v) for v in cal.origin_for(data.shape[2:]))
     data[3, 4, cy, cx] = np.nan
@@ -123,7 +113,7 @@ def test_nan_in_a_float_frame_propagates_to_the_whole_image():
 )
 @pytest.mark.parametrize("rotation", [(0.0, False), (33.0, True)])
 def test_native_offline_route_equals_the_numpy_reference(options, rotation):
-    data, cal = _small(rotation_deg=rotation[0], flip_y=rotation[1])
+    data, cal = ssb_scan(rotation_deg=rotation[0], flip_y=rotation[1])
     got = stemedge.ssb(data, cal, **options)
     ref = ssb_reference(data, cal, **options)
     scale = np.abs(ref - ref.mean()).max()
@@ -133,7 +123,7 @@ def test_native_offline_route_equals_the_numpy_reference(options, rotation):
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (8, 1), (2, 3)])
 def test_tiny_and_degenerate_scans(shape):
-    data, cal = _small(scan=shape)
+    data, cal = ssb_scan(scan=shape)
     got = stemedge.ssb(data, cal)
     ref = ssb_reference(data, cal)
     np.testing.assert_allclose(got.wave, ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
@@ -240,7 +230,7 @@ def test_matched_normalisation_transfer_and_binning(wpo):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stack", [1, 7, 64, 100])
 def test_live_accumulation_equals_offline(dtype, stack):
-    data, cal = _small(dtype=dtype, seed=stack)
+    data, cal = ssb_scan(dtype=dtype, seed=stack)
     off = stemedge.ssb(data, cal)
     plan = off.plan
     frames = data.reshape(-1, *data.shape[2:])
@@ -295,7 +285,7 @@ def test_pipeline_with_ssb_equals_offline(wpo):
 
 
 def test_accumulate_releases_the_gil():
-    data, cal = _small(scan=(48, 48), det=(40, 40), convergence_mrad=30.0)
+    data, cal = ssb_scan(scan=(48, 48), det=(40, 40), convergence_mrad=30.0)
     plan = SSBPlan(cal, data.shape[:2], data.shape[2:], nthreads=1)
     frames = data.reshape(-1, 40, 40)
     ticks = []
@@ -321,7 +311,7 @@ def test_accumulate_releases_the_gil():
 
 
 def test_bad_input_gets_clear_errors():
-    data, cal = _small()
+    data, cal = ssb_scan()
     with pytest.raises(TypeError, match="dtype float64"):
         stemedge.ssb(data.astype(np.float64), cal)
     with pytest.raises(TypeError, match="dtype int16"):

@@ -993,6 +993,14 @@ Header read_header(const std::uint8_t* blob, std::size_t size) {
     return h;
 }
 
+// The chunk CRC (header + body, stored after them) matches: read_header has checked the sizes.
+bool chunk_crc_ok(const std::uint8_t* b, const Header& h) {
+    const std::size_t covered = h.header_nbytes + h.body_nbytes;
+    std::uint32_t crc;
+    std::memcpy(&crc, b + covered, 4);
+    return crc32c(b, covered) == crc;
+}
+
 template <class T>
 Mapper<T> make_mapper(const Header& h) {
     Mapper<T> m;
@@ -1158,10 +1166,8 @@ int64_t decompress_impl(const void* blob, size_t size, void* dst, size_t cap) {
     if (!blob) return SE_ERR_ARG;
     const auto* b = static_cast<const std::uint8_t*>(blob);
     const Header h = read_header(b, size);
+    if (!chunk_crc_ok(b, h)) return SE_ERR_CHECKSUM;
     const std::size_t covered = h.header_nbytes + h.body_nbytes;
-    std::uint32_t crc;
-    std::memcpy(&crc, b + covered, 4);
-    if (crc32c(b, covered) != crc) return SE_ERR_CHECKSUM;
     if (h.raw_nbytes > cap) return SE_ERR_SPACE;
     if (h.raw_nbytes > 0 && !dst) return SE_ERR_ARG;
     Reader r{b + h.header_nbytes, b + covered};
@@ -1190,10 +1196,8 @@ bool dense_layout(const void* blob, std::size_t size, DenseLayout& out) {
     if (!blob) throw CodecError(SE_ERR_ARG, "no chunk");
     const auto* b = static_cast<const std::uint8_t*>(blob);
     const Header h = read_header(b, size);
+    if (!chunk_crc_ok(b, h)) throw CodecError(SE_ERR_CHECKSUM, "chunk checksum mismatch");
     const std::size_t covered = h.header_nbytes + h.body_nbytes;
-    std::uint32_t crc;
-    std::memcpy(&crc, b + covered, 4);
-    if (crc32c(b, covered) != crc) throw CodecError(SE_ERR_CHECKSUM, "chunk checksum mismatch");
     const DT dt = dtype_info(h.dtype);
     if (h.mode != SE_MODE_DENSE || !dt.is_int || dt.size > 4 || h.dtype == SE_BOOL) return false;
     bool lossless = true;
@@ -1273,10 +1277,7 @@ static int info_get(const void* blob, size_t blob_nbytes, se_info* out, bool ver
     try {
         const auto* b = static_cast<const std::uint8_t*>(blob);
         const auto h = stemedge::codec::read_header(b, blob_nbytes);
-        const std::size_t covered = h.header_nbytes + h.body_nbytes;
-        std::uint32_t crc;
-        std::memcpy(&crc, b + covered, 4);
-        if (verify && stemedge::codec::crc32c(b, covered) != crc) return SE_ERR_CHECKSUM;
+        if (verify && !stemedge::codec::chunk_crc_ok(b, h)) return SE_ERR_CHECKSUM;
         out->dtype = h.dtype;
         out->ndim = h.ndim;
         out->mode = h.mode;

@@ -75,14 +75,21 @@ def _stream(frames, stream) -> int:
     return int(_cupy().cuda.get_current_stream().ptr)
 
 
+def _per_device(owner: Any, key: str, build):
+    """``build()`` made once per ``owner`` and current device (kept in ``owner.__dict__[key]``):
+    what the kernels read of a plan or mask set is uploaded once."""
+    cache = owner.__dict__.setdefault(key, {})
+    dev = _cupy().cuda.Device().id
+    if dev not in cache:
+        cache[dev] = build()
+    return cache[dev]
+
+
 def _device_masks(ms: MaskSet):
     """The set's dense float32 masks on the current device, uploaded once per set and device."""
-    cp = _cupy()
-    cache = ms.__dict__.setdefault("_device_masks", {})
-    dev = cp.cuda.Device().id
-    if dev not in cache:
-        cache[dev] = cp.asarray(np.ascontiguousarray(ms.masks, np.float32))
-    return cache[dev]
+    return _per_device(
+        ms, "_device_masks", lambda: _cupy().asarray(np.ascontiguousarray(ms.masks, np.float32))
+    )
 
 
 def _reduce(flat, ms: MaskSet, moments: Sequence[bool], thresholds: Sequence[float], sptr: int):

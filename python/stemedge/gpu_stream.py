@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from stemedge import gpu
-from stemedge.analysis.base import Analysis, scan_indices
+from stemedge.analysis.base import Analysis
 from stemedge.analysis.runner import Coverage
 from stemedge.analysis.virtual import MaskSums
 from stemedge.geometry import ScanGeometry
+from stemedge.pipeline import StackFrames
 from stemedge.ring import Encoding, FrameRing
 
 __all__ = ["GpuStreamer"]
@@ -84,6 +85,7 @@ class GpuStreamer:
             a.bind(geometry)
         self.ring, self.geometry, self.analyses = ring, geometry, analyses
         self.coverage = Coverage(geometry)
+        self._read = StackFrames(ring, geometry)
         self.pinned = bool(ring.pinned)
         shape = (ring.slot_frames, *ring.frame_shape)
         self._buffers = [cp.empty(shape, ring.dtype) for _ in range(buffers)]
@@ -122,22 +124,14 @@ class GpuStreamer:
         cp, i = gpu._cupy(), self.stats["stacks"]
         b = i % len(self._buffers)
         stream = self._streams[b]
-        frames, indices = stack.frames, stack.indices
-        if stack.encoding is not Encoding.RAW:
-            from stemedge import codecs
-
-            frames = codecs.decode_stack(stack, codecs.scratch_for(self.ring))  # host memory
-            self.stats["decoded_stacks"] += 1
-        ok = (indices >= 0) & (indices < self.geometry.n_positions)
-        if not ok.all():
-            self.stats["rejected"] += int(len(indices) - ok.sum())
-            frames, indices = frames[ok], indices[ok]
-        k = len(indices)
+        frames, where = self._read(stack)  # compressed stacks decode into host memory
+        self.stats["decoded_stacks"] += stack.encoding is not Encoding.RAW
+        self.stats["rejected"] = self._read.rejected
+        k = len(where)
         with stream:
             if k:
                 dev = self._buffers[b][:k]
                 dev.set(np.ascontiguousarray(frames), stream=stream)
-                where = scan_indices(self.geometry, np.array(indices))
                 flat = None if where.start is not None else cp.asarray(where.flat)
             event = stream.record()  # the copies from the slot are done when this is
             self._in_flight.append((event, stack))

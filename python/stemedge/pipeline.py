@@ -114,46 +114,57 @@ class PipelineResult:
         }
 
 
+class StackFrames:
+    """What a ring consumer analyses of each stack (call it with the stack): its frames and
+    checked scan indices (:func:`scan_indices`). Compressed payloads are decoded into a scratch
+    buffer; those that fail to decode, and frames whose index is off the scan, are left out
+    (the rest of the stack still counts) and counted in ``rejected``. Shared by the CPU
+    pipeline's workers and the GPU streamer."""
+
+    def __init__(self, ring: FrameRing, geometry: ScanGeometry) -> None:
+        self.rejected = 0
+        self._ring, self._geometry = ring, geometry
+        self._scratch: np.ndarray | None = None  # decode target for compressed stacks
+
+    def __call__(self, stack) -> tuple[np.ndarray, Any]:
+        frames, indices = self._decoded(stack)
+        try:
+            return frames, scan_indices(self._geometry, indices)
+        except IndexError:
+            ok = (indices >= 0) & (indices < self._geometry.n_positions)
+            self.rejected += int(len(indices) - ok.sum())
+            return frames[ok], scan_indices(self._geometry, indices[ok])
+
+    def _decoded(self, stack) -> tuple[np.ndarray, np.ndarray]:
+        if stack.encoding is Encoding.RAW:
+            return stack.frames, stack.indices
+        from stemedge import codecs
+
+        if self._scratch is None:
+            self._scratch = codecs.scratch_for(self._ring)
+        try:
+            return codecs.decode_stack(stack, self._scratch), stack.indices
+        except codecs.CorruptFrames as exc:
+            self.rejected += int(np.count_nonzero(~exc.ok))
+            return exc.frames[exc.ok], stack.indices[exc.ok]
+
+
 class _Worker:
     """One consumer thread's private state: a partial per analysis and a coverage count."""
 
     def __init__(self, analyses: Sequence[Analysis], geometry: ScanGeometry, ring: FrameRing):
         self.partials = [a.new_partial() for a in analyses]
         self.coverage = Coverage(geometry)
-        self.rejected = 0
+        self.read = StackFrames(ring, geometry)
         # CPU time (not wall: on a busy machine a runnable thread also waits for a core) spent
         # decoding, analysing and in sinks
         self.busy_s = 0.0
         self.sink_s = 0.0  # of which in sinks (file writes, forwarding)
         self.lock = threading.Lock()  # held while folding a stack in: snapshots are consistent
-        self.scratch: np.ndarray | None = None  # decode target for compressed stacks
-        self._ring = ring
 
-    def decode(self, stack) -> tuple[np.ndarray, np.ndarray]:
-        """The stack's frames and indices; compressed payloads that fail to decode are left out
-        and counted as rejected (the rest of the stack still counts)."""
-        if stack.encoding is Encoding.RAW:
-            return stack.frames, stack.indices
-        from stemedge import codecs
-
-        if self.scratch is None:
-            self.scratch = codecs.scratch_for(self._ring)
-        try:
-            return codecs.decode_stack(stack, self.scratch), stack.indices
-        except codecs.CorruptFrames as exc:
-            self.rejected += int(np.count_nonzero(~exc.ok))
-            return exc.frames[exc.ok], stack.indices[exc.ok]
-
-
-def _on_grid(geometry: ScanGeometry, w: _Worker, frames: np.ndarray, indices: np.ndarray):
-    """The stack's frames and checked, classified indices (:func:`scan_indices`); frames off
-    the grid are dropped and counted as rejected."""
-    try:
-        return frames, scan_indices(geometry, indices)
-    except IndexError:
-        ok = (indices >= 0) & (indices < geometry.n_positions)
-        w.rejected += int(len(indices) - ok.sum())
-        return frames[ok], scan_indices(geometry, indices[ok])
+    @property
+    def rejected(self) -> int:
+        return self.read.rejected
 
 
 class Pipeline:
@@ -326,7 +337,7 @@ class Pipeline:
         try:
             for stack in self.ring:
                 t0 = time.thread_time()
-                frames, where = _on_grid(self.geometry, w, *w.decode(stack))
+                frames, where = w.read(stack)
                 with w.lock:
                     if len(where):
                         for analysis, partial in zip(self.analyses, w.partials, strict=True):

@@ -28,29 +28,29 @@ from stemedge.ptycho.plan import SSBPlan, mirror_columns, object_wave
 __all__ = ["ssb_device"]
 
 
-def _device_lists(plan: SSBPlan, cp) -> dict:
+def _device_lists(plan: SSBPlan) -> dict:
     """The plan's pixel and frequency lists on the current device (uploaded once per device)."""
-    cache = plan.__dict__.setdefault("_device_lists", {})
-    dev = cp.cuda.Device().id
-    if dev not in cache:
-        ptr, pix = plan.pixel_lists
-        nxh = plan.scan_shape[1] // 2 + 1
-        cand_iy, cand_ix = plan.cand_iy, plan.cand_ix
-        dc = np.nonzero((cand_iy == 0) & (cand_ix == 0))[0]
-        cache[dev] = {
-            "ptr": cp.asarray(ptr.astype(np.uint32)),
-            "pix": cp.asarray(pix.astype(np.uint32)),
-            "ky": cp.asarray(np.ascontiguousarray(plan.k[:, 0])),
-            "kx": cp.asarray(np.ascontiguousarray(plan.k[:, 1])),
-            "qy": cp.asarray(plan.cand_qy),
-            "qx": cp.asarray(plan.cand_qx),
-            "iy": cp.asarray(cand_iy),
-            "ix": cp.asarray(cand_ix),
-            "cells": cp.asarray(cand_iy.astype(np.int64) * nxh + cand_ix),
-            "mirror": cp.asarray(mirror_columns(cand_ix, plan.scan_shape[1])),
-            "dc": int(dc[0]),
-        }
-    return cache[dev]
+    return gpu._per_device(plan, "_device_lists", lambda: _upload_lists(plan, gpu._cupy()))
+
+
+def _upload_lists(plan: SSBPlan, cp) -> dict:
+    ptr, pix = plan.pixel_lists
+    nxh = plan.scan_shape[1] // 2 + 1
+    cand_iy, cand_ix = plan.cand_iy, plan.cand_ix
+    dc = np.nonzero((cand_iy == 0) & (cand_ix == 0))[0]
+    return {
+        "ptr": cp.asarray(ptr.astype(np.uint32)),
+        "pix": cp.asarray(pix.astype(np.uint32)),
+        "ky": cp.asarray(np.ascontiguousarray(plan.k[:, 0])),
+        "kx": cp.asarray(np.ascontiguousarray(plan.k[:, 1])),
+        "qy": cp.asarray(plan.cand_qy),
+        "qx": cp.asarray(plan.cand_qx),
+        "iy": cp.asarray(cand_iy),
+        "ix": cp.asarray(cand_ix),
+        "cells": cp.asarray(cand_iy.astype(np.int64) * nxh + cand_ix),
+        "mirror": cp.asarray(mirror_columns(cand_ix, plan.scan_shape[1])),
+        "dc": int(dc[0]),
+    }
 
 
 def ssb_device(data, plan: SSBPlan, *, stream=None):
@@ -62,20 +62,16 @@ def ssb_device(data, plan: SSBPlan, *, stream=None):
     """
     cp, cuda = gpu._cupy(), gpu._cuda()
     t0 = time.perf_counter()
-    a = cp.asarray(data)
-    if str(a.dtype) not in gpu._FRAME_DTYPES:
-        raise TypeError(f"data must be {', '.join(gpu._FRAME_DTYPES)} on the GPU, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise TypeError("data on the GPU must be C-contiguous: pass cupy.ascontiguousarray(...)")
+    frames, _, _ = gpu._frames(data)  # dtype and layout checked as for every GPU kernel
     ny, nx = plan.scan_shape
     dy, dx = plan.det_shape
     n, p = ny * nx, plan.n_pixels
     sptr = gpu._stream(data, stream)
     with cp.cuda.ExternalStream(sptr):
-        d = _device_lists(plan, cp)
+        d = _device_lists(plan)
         cube = cp.empty((n, p), cp.float32)
         cuda.ssb_gather(
-            a.data.ptr, str(a.dtype), n, dy, dx, d["ptr"].data.ptr, d["pix"].data.ptr, p,
+            frames.data.ptr, str(frames.dtype), n, dy, dx, d["ptr"].data.ptr, d["pix"].data.ptr, p,
             cube.data.ptr, sptr,
         )  # fmt: skip
         mean = cube.sum(axis=0, dtype=cp.float64) / n
