@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "codec_decode.hpp"
+#include "codec_encode.hpp"
 #include "device.hpp"
 #include "reduce.hpp"
 #include "ssb.hpp"
@@ -182,4 +183,39 @@ PYBIND11_MODULE(_cuda, m) {
         "The GPU's DENSE decoder run on the host (a record with host pointers), for tests "
         "without a GPU: returns the status (0: decoded exactly).",
         py::arg("record"));
+
+    m.attr("ENCODE_CHUNK_BYTES") = static_cast<int>(sizeof(stemedge::cuda::codec::EncodeChunk));
+    m.def(
+        "codec_encode_dense",
+        [](int stage, std::uintptr_t chunks, long long n_chunks, std::uint64_t max_pixels,
+           std::uint64_t max_raw_bytes, std::uintptr_t stream) {
+            if (stage < 0 || stage > 3) throw py::value_error("codec_encode_dense: stage 0..3");
+            py::gil_scoped_release release;
+            stemedge::cuda::dense_encode_device(
+                static_cast<stemedge::cuda::EncodeStage>(stage),
+                reinterpret_cast<stemedge::cuda::codec::EncodeChunk*>(chunks), n_chunks, max_pixels,
+                max_raw_bytes, reinterpret_cast<cudaStream_t>(stream));
+        },
+        "One stage of the DENSE encoder on the GPU (0 moments, 1 histograms, 2 payload, 3 raw "
+        "CRC) for n_chunks EncodeChunk records in device memory; results land in the records.",
+        py::arg("stage"), py::arg("chunks"), py::arg("n_chunks"), py::arg("max_pixels"),
+        py::arg("max_raw_bytes"), py::arg("stream"));
+    m.def(
+        "codec_encode_host",
+        [](int stage, const py::bytes& record) {
+            if (stage < 0 || stage > 3) throw py::value_error("codec_encode_host: stage 0..3");
+            const std::string r = record;
+            if (r.size() != sizeof(stemedge::cuda::codec::EncodeChunk))
+                throw py::value_error("codec_encode_host: one EncodeChunk record expected");
+            stemedge::cuda::codec::EncodeChunk c;
+            std::memcpy(&c, r.data(), sizeof c);
+            {
+                py::gil_scoped_release release;
+                stemedge::cuda::dense_encode_host(static_cast<stemedge::cuda::EncodeStage>(stage), c);
+            }
+            return py::bytes(reinterpret_cast<const char*>(&c), sizeof c);
+        },
+        "The GPU's DENSE encoder stage run on the host (a record with host pointers), for tests "
+        "without a GPU: returns the record with its results.",
+        py::arg("stage"), py::arg("record"));
 }

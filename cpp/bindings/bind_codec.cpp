@@ -3,6 +3,7 @@
 // python/stemedge/codec/core.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstring>
 #include <memory>
@@ -208,6 +209,75 @@ std::uint32_t crc32c_of(const py::buffer& blob) {
     return se_crc32c(b.ptr, static_cast<std::size_t>(b.size));
 }
 
+// --- the GPU encoder's host steps (codec_layout.hpp) ---------------------------------------------
+
+template <class T>
+using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <class F>
+auto codec_call(F&& f) {
+    try {
+        return f();
+    } catch (const std::exception& e) {
+        throw py::value_error(std::string("stemedge codec: ") + e.what());
+    }
+}
+
+void check_moments(const carray<double>& s1, const carray<double>& s2) {
+    if (s1.ndim() != 1 || s2.ndim() != 1 || s1.size() != s2.size())
+        throw py::value_error("stemedge codec: s1 and s2 must be 1-D arrays of one length (the pixels)");
+}
+
+py::dict dense_class_map(const carray<double>& s1, const carray<double>& s2, std::uint32_t count) {
+    check_moments(s1, s2);
+    codec::DenseClassMap c = codec_call([&] {
+        return codec::dense_class_map(s1.data(), s2.data(), count, static_cast<std::uint64_t>(s1.size()));
+    });
+    py::dict d;
+    d["base"] = vec(c.base);
+    d["slot"] = vec(c.slot);
+    d["shift"] = vec(c.shift);
+    return d;
+}
+
+py::dict dense_encode_model(const carray<double>& s1, const carray<double>& s2, std::uint32_t count,
+                            const carray<std::uint32_t>& hist, std::uint64_t hist_step, unsigned elem_bits) {
+    check_moments(s1, s2);
+    if (hist.ndim() != 2 || hist.shape(1) != static_cast<py::ssize_t>(codec::kDenseHistStride))
+        throw py::value_error("stemedge codec: hist must be (classes, 256) uint32");
+    codec::DenseEncodeModel m = codec_call([&] {
+        return codec::dense_encode_model(s1.data(), s2.data(), count, static_cast<std::uint64_t>(s1.size()),
+                                         hist.data(), static_cast<std::size_t>(hist.shape(0)), hist_step,
+                                         elem_bits);
+    });
+    py::dict d;
+    d["prefix"] = py::bytes(reinterpret_cast<const char*>(m.prefix.data()), m.prefix.size());
+    d["fc"] = vec(m.fc);
+    d["qmin"] = vec(m.qmin);
+    d["nsym"] = vec(m.nsym);
+    d["shift"] = vec(m.shift);
+    return d;
+}
+
+py::object dense_chunk(const py::dtype& dtype, const std::vector<std::uint64_t>& shape, const py::bytes& prefix,
+                       const carray<std::uint32_t>& states, const carray<std::uint16_t>& words,
+                       const carray<std::uint8_t>& bits, std::uint64_t nbits, std::uint32_t raw_crc) {
+    if (states.size() != 32) throw py::value_error("stemedge codec: 32 rANS states expected");
+    if (static_cast<std::uint64_t>(bits.size()) < (nbits + 7) / 8)
+        throw py::value_error("stemedge codec: fewer bit-stream bytes than nbits");
+    if (shape.size() > SE_MAX_DIMS) throw py::value_error("stemedge codec: too many dimensions");
+    const std::string pre = prefix;
+    const int code = se_dtype_of(dtype);
+    std::vector<std::uint8_t> out = codec_call([&] {
+        return codec::dense_chunk(code, static_cast<int>(shape.size()), shape.data(),
+                                  std::vector<std::uint8_t>(pre.begin(), pre.end()), states.data(),
+                                  words.data(), static_cast<std::uint64_t>(words.size()), bits.data(), nbits,
+                                  raw_crc);
+    });
+    if (out.empty()) return py::none();
+    return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
 }  // namespace
 
 void init_codec(py::module_& m) {
@@ -228,6 +298,27 @@ void init_codec(py::module_& m) {
           "A lossless-integer DENSE chunk's parsed model and payload offsets (for the GPU "
           "decoder; the chunk CRC is verified), or None for other chunks.",
           py::arg("blob"));
+    m.def("codec_dense_sampling", [](std::uint64_t frames, std::uint64_t pixels) {
+              const codec::DenseSampling d = codec::dense_sampling(frames, pixels);
+              return py::make_tuple(d.moment_step, d.hist_step);
+          },
+          "(moment_step, hist_step): the frames (every k-th from 0) the DENSE model passes sample.",
+          py::arg("frames"), py::arg("pixels"));
+    m.def("codec_dense_class_map", &dense_class_map,
+          "Per pixel base and class slot, per slot bucket shift, from the moments (count samples "
+          "of sum v and sum v^2 per pixel): the GPU encoder's first host step.",
+          py::arg("s1"), py::arg("s2"), py::arg("count"));
+    m.def("codec_dense_encode_model", &dense_encode_model,
+          "The DENSE body's model bytes (prefix) and coding tables from the moments and the "
+          "residual histograms (classes x 256): the GPU encoder's second host step.",
+          py::arg("s1"), py::arg("s2"), py::arg("count"), py::arg("hist"), py::arg("hist_step"),
+          py::arg("elem_bits"));
+    m.def("codec_dense_chunk", &dense_chunk,
+          "A DENSE chunk from its parts (model prefix, 32 final rANS states, words in decoding "
+          "order, raw bit stream, CRC-32C of the raw data); None when it would not be smaller "
+          "than the raw data (store it with codec_compress).",
+          py::arg("dtype"), py::arg("shape"), py::arg("prefix"), py::arg("states"), py::arg("words"),
+          py::arg("bits"), py::arg("nbits"), py::arg("raw_crc"));
     m.def("codec_crc32c", &crc32c_of, "CRC-32C of a byte buffer (the codec's checksum).", py::arg("data"));
 }
 

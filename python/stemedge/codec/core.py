@@ -69,6 +69,9 @@ def compress(
 ) -> bytes:
     """Compress an array (any shape; bool, (u)int 8–64, float32/64) into one blob.
 
+    A cupy array (lossless 8–32-bit integers) is compressed on its GPU
+    (:func:`stemedge.gpu_encode.compress`): the same bytes as ``mode="dense"`` here.
+
     Parameters
     ----------
     mode : {"auto", "dense", "events", "bytes"}
@@ -87,7 +90,14 @@ def compress(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if hasattr(array, "__cuda_array_interface__"):
-        raise TypeError("compress: GPU arrays are not supported yet; pass cupy.asnumpy(array)")
+        if mode not in ("auto", "dense") or max_abs_error >= 1 or threshold:
+            raise TypeError(
+                "compress: GPU arrays are coded lossless in dense mode; for other modes pass "
+                "cupy.asnumpy(array)"
+            )
+        from stemedge.gpu_encode import compress as gpu_compress
+
+        return gpu_compress(array, chunk_frames=chunk_frames)
     a = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("="))
@@ -117,10 +127,15 @@ def compress(
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             chunks = list(pool.map(one, starts))
-    dt = a.dtype.str.encode()
+    return _container(a.dtype, a.shape, chunks)
+
+
+def _container(dtype: np.dtype, shape: tuple[int, ...], chunks: list[bytes]) -> bytes:
+    """The container of an array's chunks (the layout in the module docstring)."""
+    dt = np.dtype(dtype).str.encode()
     head = bytearray(_CONTAINER)
     head += struct.pack("<BB", _VERSION, len(dt)) + dt
-    head += struct.pack("<B", a.ndim) + struct.pack(f"<{a.ndim}Q", *a.shape)
+    head += struct.pack("<B", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
     head += struct.pack("<I", len(chunks))
     offsets = np.zeros(len(chunks) + 1, np.uint64)
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
