@@ -16,7 +16,9 @@ Sections (each reports medians of ``--repeats`` device-timed runs, cupy events):
    The producer commits slots whose frame bytes were written once beforehand (a detector that
    fills the slots by DMA): this measures the ring→GPU side, not a host memcpy.
 3. **ssb**: a 256²×128² scan (bright-field radius 30 px), the whole offline route on the
-   device: seconds per reconstruction and frames/s; the plan (CPU, geometry only) apart.
+   device: seconds per reconstruction and frames/s; the plan (CPU, geometry only) apart. Live
+   (refresh mode): frames/s ingested into the device cube, seconds per refresh, and the whole
+   live pipeline (``Pipeline(gpu=True)``) from host frames in frames/s.
 4. **codec**: DENSE chunks decoded on the device (one warp per chunk, all chunks in one launch),
    end to end from the compressed bytes on the host, against the CPU decoder on all cores; and
    device-resident frames encoded (stemedge.gpu_encode, the CPU's bytes) against the CPU
@@ -184,8 +186,49 @@ def ssb_section(args) -> dict:
           f"{len(plan.cand_qy)} candidate Q")  # fmt: skip
     print(f"  plan (CPU, geometry only): {plan_s:6.2f} s, once per geometry")
     print(f"  reconstruction on the device: {s:6.3f} s = {n / s:10,.0f} frames/s")
-    return {"scan": scan, "det": det, "bf_pixels": plan.n_pixels, "plan_s": plan_s,
-            "s": s, "frames_per_s": n / s}  # fmt: skip
+    out = {"scan": scan, "det": det, "bf_pixels": plan.n_pixels, "plan_s": plan_s,
+           "s": s, "frames_per_s": n / s}  # fmt: skip
+    out.update(_ssb_live(args, cal, plan, data))
+    return out
+
+
+def _ssb_live(args, cal, plan, data) -> dict:
+    """Live SSB (refresh mode) on the device: the per-frame cost (gathering each stack's
+    bright-field pixels into the cube), a refresh from the cube, and the whole live pipeline
+    from host frames (SimSource -> pinned ring -> GpuStreamer)."""
+    from stemedge.analysis import SSBAnalysis
+    from stemedge.pipeline import Pipeline
+    from stemedge.ptycho.device import gather_device, reconstruct_cube
+    from stemedge.sources.sim import SimSource
+
+    cp = _cp()
+    n = data.shape[0] * data.shape[1]
+    frames = data.reshape(n, *data.shape[2:])
+    cube = cp.zeros((n, plan.n_pixels), cp.float32)
+    rows = cp.empty((256, plan.n_pixels), cp.float32)
+    sptr = cp.cuda.get_current_stream().ptr
+
+    def ingest():
+        for start in range(0, n, 256):
+            k = min(256, n - start)
+            gather_device(frames[start : start + k], plan, rows[:k], sptr)
+            cube[start : start + k] += rows[:k]
+
+    ingest_s = device_time(ingest, max(1, args.repeats // 2))
+    reps = max(1, args.repeats // 2)
+    refresh_s = device_time(lambda: reconstruct_cube(cube, plan, n, sptr), reps)
+    cp.get_default_memory_pool().free_all_blocks()
+    source = SimSource(data.get(), calibration=cal)
+    pipe = Pipeline(source, [SSBAnalysis(cal, mode="refresh")], gpu=True)
+    result = pipe.run()
+    print(f"  live, frames on the device: {n / ingest_s:10,.0f} frames/s ingested "
+          f"(gather into the cube), a refresh from the cube {refresh_s:6.3f} s")  # fmt: skip
+    print(f"  live pipeline from host frames (pinned ring -> GpuStreamer, refresh at the end): "
+          f"{result.frames_per_s:10,.0f} frames/s, "
+          f"{result.bytes_per_s / 1e9:5.2f} GB/s")  # fmt: skip
+    return {"live_ingest_frames_per_s": n / ingest_s, "live_refresh_s": refresh_s,
+            "live_pipeline_frames_per_s": result.frames_per_s,
+            "live_pipeline_GBps": result.bytes_per_s / 1e9, "gpu_stats": result.gpu}  # fmt: skip
 
 
 def codec_section(args) -> dict:

@@ -125,6 +125,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pipeline worker threads (default 2)",
     )
     demo.add_argument(
+        "--gpu",
+        choices=("off", "auto", "on"),
+        default="off",
+        help="live CoM + virtual detectors on the GPU (auto: when one is here; default off)",
+    )
+    demo.add_argument(
         "--status",
         metavar="ENDPOINT",
         help="publish status events there (e.g. tcp://127.0.0.1:5556; watch with "
@@ -202,6 +208,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         flip_y=args.flip,
         rate=args.rate,
         workers=args.workers,
+        gpu={"off": False, "on": True, "auto": "auto"}[args.gpu],
         status=args.status,
         progress=not args.quiet,
     )

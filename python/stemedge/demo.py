@@ -186,7 +186,8 @@ class DemoResult:
                 f"{self.frames_per_s:,.0f} frames/s (asked {_rate(self.rate_requested)}): "
                 f"{self.stream['frames_in']} in = {self.stream['frames_processed']} processed, "
                 f"{self.stream['frames_dropped']} dropped, {self.stream['frames_rejected']} "
-                f"rejected; latency p99 {_fmt_s(self.stream['latency_p99_s'])}",
+                f"rejected; latency p99 {_fmt_s(self.stream['latency_p99_s'])}"
+                + ("; CoM + virtual on the GPU" if self.stream.get("gpu") else ""),
                 f"  capacity  CoM + BF + ADF + mean pattern: {self.analysis_gb_per_s:.2f} GB/s = "
                 f"{self.analysis_gb_per_s / self.read_gb_per_s:.2f}× the memory read bandwidth "
                 f"({self.read_gb_per_s:.1f} GB/s, {self.simd_active}); with the EMD write "
@@ -708,7 +709,14 @@ def _plot_summary(
 
 
 def _stream(
-    sim: SimulatedScan, cal0: Calibration, dets: _Detectors, emd: EMDWriter, rate, workers, status
+    sim: SimulatedScan,
+    cal0: Calibration,
+    dets: _Detectors,
+    emd: EMDWriter,
+    rate,
+    workers,
+    status,
+    gpu=False,
 ) -> PipelineResult:
     """Stream the scan through the live pipeline: fused CoM + BF + ADF, mean pattern, raw frames
     to the EMD file. One native thread per worker: the workers are the parallelism."""
@@ -719,7 +727,7 @@ def _stream(
         MeanPattern(),
     ]
     source = SimSource(sim, calibration=cal0, frame_rate=rate)
-    pipe = Pipeline(source, analyses, sinks=[emd], workers=workers, status=status)
+    pipe = Pipeline(source, analyses, sinks=[emd], workers=workers, status=status, gpu=gpu)
     return pipe.run()
 
 
@@ -744,6 +752,7 @@ def run_demo(
     flip_y: bool = False,
     rate: float | None = DEFAULT_RATE,
     workers: int = 2,
+    gpu: bool | str = False,
     status=None,
     progress: bool = True,
 ) -> DemoResult:
@@ -767,6 +776,9 @@ def run_demo(
         Frames/s the simulated detector delivers; None or 0: as fast as the pipeline takes them.
     workers : int
         Pipeline worker threads.
+    gpu : bool or 'auto'
+        Run the live CoM and virtual detectors on the GPU (:class:`stemedge.pipeline.Pipeline`
+        ``gpu=``; the mean pattern and the EMD write stay on the host).
     status : str or StatusPublisher, optional
         Publish started/progress/finished events there (e.g. ``tcp://127.0.0.1:5556``).
     progress : bool
@@ -807,7 +819,7 @@ def run_demo(
         emd = EMDWriter(files["emd"], geometry, overwrite=True)
         with emd:
             with steps.step("stream"):
-                live = _stream(sim, cal0, dets, emd, rate, workers, publisher)
+                live = _stream(sim, cal0, dets, emd, rate, workers, publisher, gpu)
             com = live.results["com"]
 
             with steps.step("rotation"):
@@ -876,6 +888,7 @@ def run_demo(
                             "flip_y": flip_y,
                             "rate": rate,
                             "workers": workers,
+                            "gpu": live.gpu is not None,
                         },
                         "calibration_found": cal.to_dict(),
                     }

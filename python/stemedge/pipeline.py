@@ -7,6 +7,11 @@ the slot. Native kernels release the GIL, so the workers run in parallel. Partia
 be read while the scan runs; a monitor thread reports progress and rates to a status channel
 and a progress bar. At the end the partials are merged and finalised.
 
+With ``gpu=True`` (or ``'auto'`` on a machine with a GPU) one consumer thread instead feeds the
+centre-of-mass, virtual-detector and refresh-mode SSB analyses to the GPU
+(:class:`stemedge.gpu_stream.GpuStreamer`) and runs the other analyses and the sinks on the
+host.
+
 Every frame is accounted for: ``frames_in = processed + discarded`` once the run is over, and
 ``dropped`` (refused by a full ring under the drop policy) and ``rejected`` (frames whose scan
 index lies off the grid) are reported, never silent.
@@ -61,6 +66,7 @@ class PipelineResult:
     ring: dict[str, Any]
     source: dict[str, Any]
     error: str | None = None
+    gpu: dict[str, Any] | None = None  # the GPU consumer's stats when the run used one
 
     @property
     def frames_per_s(self) -> float:
@@ -110,6 +116,7 @@ class PipelineResult:
             "latency_p50_s": c.latency_p50_s,
             "latency_p99_s": c.latency_p99_s,
             "latency_max_s": c.latency_max_s,
+            "gpu": self.gpu is not None,
             "error": self.error,
         }
 
@@ -191,6 +198,14 @@ class Pipeline:
         Show a tqdm progress bar.
     report_every_s : float
         Interval of progress/rate events.
+    gpu : bool or 'auto'
+        Run the centre-of-mass, virtual-detector and ``SSBAnalysis(mode="refresh")`` analyses
+        on the GPU
+        (:class:`stemedge.gpu_stream.GpuStreamer`: the pinned ring's stacks copied
+        asynchronously into triple-buffered device memory, the sums kept on the device); the
+        other analyses and the sinks then run on the host in the same single consumer thread,
+        and ``workers`` is not used. ``'auto'``: when cupy sees a GPU and an analysis can use
+        it. True without a GPU raises ValueError.
     """
 
     def __init__(
@@ -207,6 +222,7 @@ class Pipeline:
         status=None,
         progress: bool = False,
         report_every_s: float = 0.5,
+        gpu: bool | str = False,
     ) -> None:
         if not isinstance(source, Source):
             raise TypeError(f"source must be a stemedge Source, got {type(source).__name__}")
@@ -239,9 +255,9 @@ class Pipeline:
             policy=policy,
             pinned=pinned,
         )
-        self._workers = [
-            _Worker(self.analyses, self.geometry, self.ring) for _ in range(int(workers))
-        ]
+        self._streamer = self._gpu_streamer(gpu)
+        n_workers = 0 if self._streamer is not None else int(workers)
+        self._workers = [_Worker(self.analyses, self.geometry, self.ring) for _ in range(n_workers)]
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
@@ -249,6 +265,32 @@ class Pipeline:
         self._t0 = 0.0
         self._t_end: float | None = None
         self.result: PipelineResult | None = None
+
+    def _gpu_streamer(self, gpu):
+        """The GPU consumer for ``gpu=`` (None: the CPU workers consume the ring)."""
+        if gpu not in (True, False, "auto"):
+            raise ValueError(f"gpu must be True, False or 'auto', got {gpu!r}")
+        if not gpu:
+            return None
+        from stemedge._build import cuda_report
+        from stemedge.gpu_stream import GpuStreamer, runs_on_gpu
+
+        on_gpu = [a for a in self.analyses if runs_on_gpu(a)]
+        report = cuda_report()
+        if gpu == "auto":
+            if not on_gpu or not report.get("devices"):
+                return None
+        elif not on_gpu:
+            raise ValueError(
+                "gpu=True needs a CenterOfMassAnalysis, VirtualDetectorAnalysis or "
+                "SSBAnalysis(mode='refresh') to run there"
+            )
+        elif not report.get("devices"):
+            raise ValueError(f"gpu=True but no CUDA GPU here: {report.get('error')}")
+        on_host = [a for a in self.analyses if not runs_on_gpu(a)]
+        return GpuStreamer(
+            self.ring, self.geometry, on_gpu, host_analyses=on_host, sinks=self.sinks
+        )
 
     # -- running ----------------------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -264,6 +306,7 @@ class Pipeline:
             parameters={a.name: a.parameters() for a in self.analyses},
             ring=self.ring.describe(),
             workers=len(self._workers),
+            gpu=self._streamer is not None,
         )
         self._threads = [
             threading.Thread(target=self._produce, name="stemedge-source", daemon=True)
@@ -274,6 +317,10 @@ class Pipeline:
             )
             for i, w in enumerate(self._workers)
         ]
+        if self._streamer is not None:
+            self._threads.append(
+                threading.Thread(target=self._consume_gpu, name="stemedge-gpu", daemon=True)
+            )
         self._monitor = threading.Thread(target=self._watch, name="stemedge-monitor", daemon=True)
         for t in self._threads:
             t.start()
@@ -355,6 +402,14 @@ class Pipeline:
             self._stop.set()
             self.ring.abort()  # the other workers stop too: a failed analysis is not partial data
 
+    def _consume_gpu(self) -> None:
+        try:
+            self._streamer.run(stop=self._stop)
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._stop.set()
+            self.ring.abort()
+
     def _watch(self) -> None:
         bar = None
         if self.progress:
@@ -409,6 +464,17 @@ class Pipeline:
         }
 
     def _merged(self) -> tuple[list[dict[str, np.ndarray]], np.ndarray, int]:
+        if self._streamer is not None:
+            on_gpu, on_host, counts, rejected = self._streamer.snapshot()
+            by_name = {
+                a.name: p
+                for a, p in zip(
+                    [*self._streamer.analyses, *self._streamer.host_analyses],
+                    [*on_gpu, *on_host],
+                    strict=True,
+                )
+            }
+            return [by_name[a.name] for a in self.analyses], counts, rejected
         partials = [a.new_partial() for a in self.analyses]
         coverage = Coverage(self.geometry)
         rejected = 0
@@ -428,6 +494,9 @@ class Pipeline:
 
     def partial_results(self) -> dict[str, dict[str, np.ndarray]]:
         """Results of what has been processed so far (positions not yet seen are NaN)."""
+        if self._streamer is not None:  # finalised on the device where it can be
+            results = self._streamer.results()
+            return {a.name: results[a.name] for a in self.analyses}
         partials, cov, _ = self._merged()
         return {a.name: a.finalize(p, cov) for a, p in zip(self.analyses, partials, strict=True)}
 
@@ -435,12 +504,18 @@ class Pipeline:
         return self.ring.counters()
 
     def _finish(self) -> PipelineResult:
-        partials, cov, rejected = self._merged()
         error = None
         if self._errors:
             exc = self._errors[0]
             error = f"{type(exc).__name__}: {exc}"
-        results = {a.name: a.finalize(p, cov) for a, p in zip(self.analyses, partials, strict=True)}
+        if self._streamer is not None:
+            results = self.partial_results()
+            cov, rejected = self._streamer.coverage_and_rejected()
+        else:
+            partials, cov, rejected = self._merged()
+            results = {
+                a.name: a.finalize(p, cov) for a, p in zip(self.analyses, partials, strict=True)
+            }
         return PipelineResult(
             geometry=self.geometry,
             results=results,
@@ -448,12 +523,16 @@ class Pipeline:
             counters=self.ring.counters(),
             frames_rejected=rejected,
             elapsed_s=(self._t_end or time.perf_counter()) - self._t0,
-            worker_busy_s=[w.busy_s for w in self._workers],
-            worker_sink_s=[w.sink_s for w in self._workers],
+            worker_busy_s=[w.busy_s for w in self._consumers()],
+            worker_sink_s=[w.sink_s for w in self._consumers()],
             ring=self.ring.describe(),
             source=self.source.describe(),
             error=error,
+            gpu=None if self._streamer is None else dict(self._streamer.stats),
         )
+
+    def _consumers(self) -> list:
+        return self._workers if self._streamer is None else [self._streamer]
 
     def _publish(self, event: str, **fields) -> None:
         if self.status is not None:

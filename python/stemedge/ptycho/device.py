@@ -25,7 +25,7 @@ import numpy as np
 from stemedge import gpu
 from stemedge.ptycho.plan import SSBPlan, mirror_columns, object_wave
 
-__all__ = ["ssb_device"]
+__all__ = ["gather_device", "reconstruct_cube", "ssb_device"]
 
 
 def _device_lists(plan: SSBPlan) -> dict:
@@ -53,6 +53,50 @@ def _upload_lists(plan: SSBPlan, cp) -> dict:
     }
 
 
+def gather_device(frames, plan: SSBPlan, out, stream: int) -> None:
+    """The bright-field pixels (summed over each binned pixel) of ``frames`` (cupy, (k, det_y,
+    det_x), a kernel dtype) into ``out`` (cupy float32, (k, n_pixels)), on ``stream``."""
+    cuda = gpu._cuda()
+    d = _device_lists(plan)
+    dy, dx = plan.det_shape
+    cuda.ssb_gather(
+        frames.data.ptr, str(frames.dtype), int(frames.shape[0]), dy, dx, d["ptr"].data.ptr,
+        d["pix"].data.ptr, plan.n_pixels, out.data.ptr, stream,
+    )  # fmt: skip
+
+
+def reconstruct_cube(cube, plan: SSBPlan, n_frames: int, stream: int, *, consume: bool = False):
+    """Steps 2–4 from a bright-field cube (cupy float32, (n_positions, n_pixels), not centred):
+    ``(wave, transfer_candidates)`` on the device. ``n_frames`` normalises the wave (the frames
+    summed into the cube); ``consume=True`` lets the cube be centred in place and freed."""
+    cp, cuda = gpu._cupy(), gpu._cuda()
+    ny, nx = plan.scan_shape
+    n, p = ny * nx, plan.n_pixels
+    d = _device_lists(plan)
+    mean = cube.sum(axis=0, dtype=cp.float64) / n
+    centred = cube if consume else cube.copy()
+    centred -= mean.astype(cp.float32)
+    g = cp.fft.rfft2(centred.reshape(ny, nx, p), axes=(0, 1))
+    del centred, cube
+    g = cp.ascontiguousarray(g, dtype=cp.complex64)
+    g[0, 0, :] = n * mean  # the DC term, taken out before the FFT, restored exactly
+    n_cand = len(plan.cand_qy)
+    F = cp.empty(n_cand, cp.complex128)
+    kept = cp.empty(n_cand, cp.uint8)
+    transfer = cp.empty(n_cand, cp.float64)
+    cal = plan.calibration
+    cuda.ssb_sums(
+        g.data.ptr, p, d["cells"].data.ptr, d["qy"].data.ptr, d["qx"].data.ptr,
+        d["ky"].data.ptr, d["kx"].data.ptr, n_cand, cal.k_alpha, cal.wavelength_A,
+        plan.aberration_values, plan.cutoff, plan.normalization, F.data.ptr,
+        kept.data.ptr, transfer.data.ptr, stream,
+    )  # fmt: skip
+    del g
+    # Candidates left out have F = 0: filling every candidate is filling the kept ones.
+    wave = object_wave(F, d["iy"], d["ix"], d["mirror"], d["dc"], n_frames, (ny, nx), xp=cp)
+    return wave, transfer
+
+
 def ssb_device(data, plan: SSBPlan, *, stream=None):
     """SSB of a 4D scan on the GPU with ``plan``'s geometry and options.
 
@@ -60,42 +104,20 @@ def ssb_device(data, plan: SSBPlan, *, stream=None):
     (as :class:`stemedge.SSBResult` holds them) and the host seconds spent issuing each step
     (the work itself is asynchronous on ``stream``; synchronise it to time it).
     """
-    cp, cuda = gpu._cupy(), gpu._cuda()
+    cp = gpu._cupy()
     t0 = time.perf_counter()
     frames, _, _ = gpu._frames(data)  # dtype and layout checked as for every GPU kernel
     ny, nx = plan.scan_shape
-    dy, dx = plan.det_shape
-    n, p = ny * nx, plan.n_pixels
+    n = ny * nx
     sptr = gpu._stream(data, stream)
     with cp.cuda.ExternalStream(sptr):
         d = _device_lists(plan)
-        cube = cp.empty((n, p), cp.float32)
-        cuda.ssb_gather(
-            frames.data.ptr, str(frames.dtype), n, dy, dx, d["ptr"].data.ptr, d["pix"].data.ptr, p,
-            cube.data.ptr, sptr,
-        )  # fmt: skip
-        mean = cube.sum(axis=0, dtype=cp.float64) / n
-        cube -= mean.astype(cp.float32)
+        cube = cp.empty((n, plan.n_pixels), cp.float32)
+        gather_device(frames, plan, cube, sptr)
         t1 = time.perf_counter()
-        g = cp.fft.rfft2(cube.reshape(ny, nx, p), axes=(0, 1))
+        wave, transfer = reconstruct_cube(cube, plan, n, sptr, consume=True)
         del cube
-        g = cp.ascontiguousarray(g, dtype=cp.complex64)
-        g[0, 0, :] = n * mean  # the DC term, taken out before the FFT, restored exactly
-        n_cand = len(plan.cand_qy)
-        F = cp.empty(n_cand, cp.complex128)
-        kept = cp.empty(n_cand, cp.uint8)
-        transfer = cp.empty(n_cand, cp.float64)
-        cal = plan.calibration
-        cuda.ssb_sums(
-            g.data.ptr, p, d["cells"].data.ptr, d["qy"].data.ptr, d["qx"].data.ptr,
-            d["ky"].data.ptr, d["kx"].data.ptr, n_cand, cal.k_alpha, cal.wavelength_A,
-            plan.aberration_values, plan.cutoff, plan.normalization, F.data.ptr,
-            kept.data.ptr, transfer.data.ptr, sptr,
-        )  # fmt: skip
-        del g
         t2 = time.perf_counter()
-        # Candidates left out have F = 0: filling every candidate is filling the kept ones.
-        wave = object_wave(F, d["iy"], d["ix"], d["mirror"], d["dc"], n, (ny, nx), xp=cp)
         phase = cp.angle(wave).astype(cp.float32)
         amplitude = cp.abs(wave).astype(cp.float32)
         plane = cp.zeros((ny, nx), cp.float32)
