@@ -85,11 +85,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
 // grid.y = chunk; each thread one segment.
 __global__ void __launch_bounds__(kThreads) crc_parts_kernel(const EncodeChunk* __restrict__ chunks) {
     __shared__ std::uint32_t t[256];
-    if (threadIdx.x < 256) {
-        std::uint32_t r = threadIdx.x;
-        for (int k = 0; k < 8; ++k) r = (r >> 1) ^ (0x82F63B78u & (0u - (r & 1u)));
-        t[threadIdx.x] = r;
-    }
+    for (unsigned i = threadIdx.x; i < 256; i += blockDim.x) t[i] = codec::crc_entry(i);
     __syncthreads();
     const EncodeChunk& c = chunks[blockIdx.y];
     const std::uint64_t i = static_cast<std::uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -99,11 +95,7 @@ __global__ void __launch_bounds__(kThreads) crc_parts_kernel(const EncodeChunk* 
 
 __global__ void crc_join_kernel(EncodeChunk* __restrict__ chunks, long long n_chunks) {
     __shared__ std::uint32_t t[256];
-    for (unsigned i = threadIdx.x; i < 256; i += blockDim.x) {
-        std::uint32_t r = i;
-        for (int k = 0; k < 8; ++k) r = (r >> 1) ^ (0x82F63B78u & (0u - (r & 1u)));
-        t[i] = r;
-    }
+    for (unsigned i = threadIdx.x; i < 256; i += blockDim.x) t[i] = codec::crc_entry(i);
     __syncthreads();
     const long long ci = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (ci < n_chunks) chunks[ci].raw_crc = codec::crc_join(chunks[ci], t);
@@ -161,7 +153,7 @@ void dense_encode_host(EncodeStage stage, EncodeChunk& c) {
             return;
         case EncodeStage::kCrc: {
             std::uint32_t t[256];
-            codec::crc_table(t);
+            for (std::uint32_t i = 0; i < 256; ++i) t[i] = codec::crc_entry(i);
             const std::uint64_t raw = total * c.elem_bytes;
             for (std::uint64_t i = 0; i * codec::kCrcSegment < raw; ++i)
                 codec::ptr<std::uint32_t>(c.crc_parts)[i] = codec::crc_part(c, t, i);

@@ -167,12 +167,9 @@ STEMEDGE_HD inline void put_bits(std::uint32_t* buf, std::uint64_t pos, std::uin
 
 // --- CRC-32C of the raw data: a register per segment, joined by "append n zero bytes" ----------
 
-STEMEDGE_HD inline void crc_table(std::uint32_t* t) {
-    for (std::uint32_t i = 0; i < 256; ++i) {
-        std::uint32_t r = i;
-        for (int k = 0; k < 8; ++k) r = (r >> 1) ^ (0x82F63B78u & (0u - (r & 1u)));
-        t[i] = r;
-    }
+STEMEDGE_HD inline std::uint32_t crc_entry(std::uint32_t i) {  // the byte-wise table's entry i
+    for (int k = 0; k < 8; ++k) i = (i >> 1) ^ (0x82F63B78u & (0u - (i & 1u)));
+    return i;
 }
 
 // The raw register (no inversions) advanced over n bytes.

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from stemedge import _native, gpu
-from stemedge.codec.core import CodecError, _container, _frames_view
+from stemedge.codec.core import CodecError, _chunk_frames, _container, _frames_view
 
 __all__ = ["compress"]
 
@@ -210,14 +210,7 @@ def compress(
         raise TypeError("frames must be C-contiguous: pass cupy.ascontiguousarray(frames)")
     view, pix = _frames_view(a)
     n, frame_bytes = int(view.shape[0]), int(math.prod(pix)) * a.dtype.itemsize
-    if chunk_frames is None:
-        from stemedge.codec.core import _TARGET_CHUNK_BYTES
-
-        chunk_frames = max(64, math.ceil(_TARGET_CHUNK_BYTES / max(1, frame_bytes)))
-    elif isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer)):
-        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+    chunk_frames = _chunk_frames(chunk_frames, frame_bytes)
     dtype = np.dtype(a.dtype)
     if a.size == 0:  # nothing for a GPU to do: the CPU's (stored) chunk
         from stemedge.codec.core import compress as cpu_compress

@@ -103,15 +103,7 @@ def compress(
         a = a.astype(a.dtype.newbyteorder("="))
     frames, _ = _frames_view(a)
     n = frames.shape[0]
-    if chunk_frames is None:
-        per_frame = max(1, frames[:1].nbytes)
-        chunk_frames = max(64, math.ceil(_TARGET_CHUNK_BYTES / per_frame))
-    elif (
-        isinstance(chunk_frames, bool)
-        or not isinstance(chunk_frames, (int, np.integer))
-        or chunk_frames < 1
-    ):
-        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+    chunk_frames = _chunk_frames(chunk_frames, frames[:1].nbytes)
     starts = list(range(0, n, int(chunk_frames))) or [0]
 
     def one(start: int) -> bytes:
@@ -128,6 +120,19 @@ def compress(
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             chunks = list(pool.map(one, starts))
     return _container(a.dtype, a.shape, chunks)
+
+
+def _chunk_frames(chunk_frames: int | None, frame_nbytes: int) -> int:
+    """Frames per chunk: checked, or the default (>= 64 frames and ~8 MiB)."""
+    if chunk_frames is None:
+        return max(64, math.ceil(_TARGET_CHUNK_BYTES / max(1, frame_nbytes)))
+    if (
+        isinstance(chunk_frames, bool)
+        or not isinstance(chunk_frames, (int, np.integer))
+        or chunk_frames < 1
+    ):
+        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+    return int(chunk_frames)
 
 
 def _container(dtype: np.dtype, shape: tuple[int, ...], chunks: list[bytes]) -> bytes:
