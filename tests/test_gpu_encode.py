@@ -102,10 +102,12 @@ def test_the_host_steps_refuse_inconsistent_parts():
     s = np.zeros(16)
     with pytest.raises(ValueError, match="one length"):
         _native.codec_dense_class_map(s, np.zeros(15), 4)
+    m = _native.codec_dense_class_map(s, s, 4)
+    base, slot, classes = m["base"], m["slot"], m["classes"]
     with pytest.raises(ValueError, match="256"):
-        _native.codec_dense_encode_model(s, s, 4, np.zeros((1, 255), np.uint32), 1, 16)
+        _native.codec_dense_encode_model(base, slot, classes, np.zeros((1, 255), np.uint32), 1, 16)
     with pytest.raises(ValueError, match="do not match"):
-        _native.codec_dense_encode_model(s, s, 4, np.zeros((3, 256), np.uint32), 1, 16)
+        _native.codec_dense_encode_model(base, slot, classes, np.zeros((3, 256), np.uint32), 1, 16)
     with pytest.raises(ValueError, match="32 rANS states"):
         _native.codec_dense_chunk(np.dtype("u2"), (1, 4, 4), b"", np.zeros(8, np.uint32),
                                   np.zeros(0, np.uint16), np.zeros(0, np.uint8), 0, 0)  # fmt: skip

@@ -223,31 +223,33 @@ auto codec_call(F&& f) {
     }
 }
 
-void check_moments(const carray<double>& s1, const carray<double>& s2) {
+py::dict dense_class_map(const carray<double>& s1, const carray<double>& s2, std::uint32_t count) {
     if (s1.ndim() != 1 || s2.ndim() != 1 || s1.size() != s2.size())
         throw py::value_error("stemedge codec: s1 and s2 must be 1-D arrays of one length (the pixels)");
-}
-
-py::dict dense_class_map(const carray<double>& s1, const carray<double>& s2, std::uint32_t count) {
-    check_moments(s1, s2);
     codec::DenseClassMap c = codec_call([&] {
         return codec::dense_class_map(s1.data(), s2.data(), count, static_cast<std::uint64_t>(s1.size()));
     });
     py::dict d;
     d["base"] = vec(c.base);
     d["slot"] = vec(c.slot);
+    d["classes"] = vec(c.classes);
     d["shift"] = vec(c.shift);
     return d;
 }
 
-py::dict dense_encode_model(const carray<double>& s1, const carray<double>& s2, std::uint32_t count,
-                            const carray<std::uint32_t>& hist, std::uint64_t hist_step, unsigned elem_bits) {
-    check_moments(s1, s2);
+template <class T>
+std::vector<T> to_vector(const carray<T>& a) {
+    return std::vector<T>(a.data(), a.data() + a.size());
+}
+
+py::dict dense_encode_model(const carray<std::int64_t>& base, const carray<std::int32_t>& slot,
+                            const carray<std::int32_t>& classes, const carray<std::uint32_t>& hist,
+                            std::uint64_t hist_step, unsigned elem_bits) {
     if (hist.ndim() != 2 || hist.shape(1) != static_cast<py::ssize_t>(codec::kDenseHistStride))
         throw py::value_error("stemedge codec: hist must be (classes, 256) uint32");
+    codec::DenseClassMap map{to_vector(base), to_vector(slot), to_vector(classes), {}};
     codec::DenseEncodeModel m = codec_call([&] {
-        return codec::dense_encode_model(s1.data(), s2.data(), count, static_cast<std::uint64_t>(s1.size()),
-                                         hist.data(), static_cast<std::size_t>(hist.shape(0)), hist_step,
+        return codec::dense_encode_model(map, hist.data(), static_cast<std::size_t>(hist.shape(0)), hist_step,
                                          elem_bits);
     });
     py::dict d;
@@ -255,7 +257,6 @@ py::dict dense_encode_model(const carray<double>& s1, const carray<double>& s2, 
     d["fc"] = vec(m.fc);
     d["qmin"] = vec(m.qmin);
     d["nsym"] = vec(m.nsym);
-    d["shift"] = vec(m.shift);
     return d;
 }
 
@@ -305,13 +306,14 @@ void init_codec(py::module_& m) {
           "(moment_step, hist_step): the frames (every k-th from 0) the DENSE model passes sample.",
           py::arg("frames"), py::arg("pixels"));
     m.def("codec_dense_class_map", &dense_class_map,
-          "Per pixel base and class slot, per slot bucket shift, from the moments (count samples "
-          "of sum v and sum v^2 per pixel): the GPU encoder's first host step.",
+          "Per pixel base and class slot, per slot class id and bucket shift, from the moments "
+          "(count samples of sum v and sum v^2 per pixel): the GPU encoder's first host step.",
           py::arg("s1"), py::arg("s2"), py::arg("count"));
     m.def("codec_dense_encode_model", &dense_encode_model,
-          "The DENSE body's model bytes (prefix) and coding tables from the moments and the "
-          "residual histograms (classes x 256): the GPU encoder's second host step.",
-          py::arg("s1"), py::arg("s2"), py::arg("count"), py::arg("hist"), py::arg("hist_step"),
+          "The DENSE body's model bytes (prefix) and coding tables from the class map (base, slot, "
+          "classes of codec_dense_class_map) and the residual histograms (classes x 256): the GPU "
+          "encoder's second host step.",
+          py::arg("base"), py::arg("slot"), py::arg("classes"), py::arg("hist"), py::arg("hist_step"),
           py::arg("elem_bits"));
     m.def("codec_dense_chunk", &dense_chunk,
           "A DENSE chunk from its parts (model prefix, 32 final rANS states, words in decoding "

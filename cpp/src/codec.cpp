@@ -1288,17 +1288,35 @@ DenseClassMap dense_class_map(const double* s1, const double* s2, std::uint32_t 
     out.base = std::move(dm.base);
     out.slot.resize(pixels);
     for (std::uint64_t p = 0; p < pixels; ++p) out.slot[p] = dm.slot_of_class[dm.cls[p]];
-    for (int c : dm.used) out.shift.push_back(class_shift(c));
+    for (int c : dm.used) {
+        out.classes.push_back(c);
+        out.shift.push_back(class_shift(c));
+    }
     return out;
 }
 
-DenseEncodeModel dense_encode_model(const double* s1, const double* s2, std::uint32_t count, std::uint64_t pixels,
-                                    const std::uint32_t* hist, std::size_t n_slots, std::uint64_t hist_step,
-                                    unsigned elem_bits) {
+DenseEncodeModel dense_encode_model(const DenseClassMap& map, const std::uint32_t* hist, std::size_t n_slots,
+                                    std::uint64_t hist_step, unsigned elem_bits) {
+    // The class map as dense_classes left it (checked: it may come from outside).
     DenseModel dm;
-    const std::vector<std::uint32_t> n(pixels, count);
-    dense_classes(s1, s2, n.data(), pixels, dm);
-    if (n_slots != dm.used.size()) throw CodecError(SE_ERR_ARG, "dense model: histograms do not match the classes");
+    const std::size_t n_used = map.classes.size();
+    if (n_slots != n_used) throw CodecError(SE_ERR_ARG, "dense model: histograms do not match the classes");
+    if (map.base.size() != map.slot.size()) throw CodecError(SE_ERR_ARG, "dense model: base and slot differ in length");
+    dm.slot_of_class.assign(kMaxClass + 1, -1);
+    for (std::size_t k = 0; k < n_used; ++k) {
+        const int c = map.classes[k];
+        if (c < 0 || c > kMaxClass || (k > 0 && c <= map.classes[k - 1]))
+            throw CodecError(SE_ERR_ARG, "dense model: classes must be ascending ids in 0..254");
+        dm.slot_of_class[c] = static_cast<int>(k);
+        dm.used.push_back(c);
+    }
+    dm.base = map.base;
+    dm.cls.resize(map.slot.size());
+    for (std::size_t p = 0; p < map.slot.size(); ++p) {
+        const std::int32_t k = map.slot[p];
+        if (k < 0 || static_cast<std::size_t>(k) >= n_used) throw CodecError(SE_ERR_ARG, "dense model: slot out of range");
+        dm.cls[p] = static_cast<std::uint8_t>(map.classes[k]);
+    }
     std::vector<std::vector<std::uint64_t>> h(n_slots, std::vector<std::uint64_t>(kHistStride));
     for (std::size_t k = 0; k < n_slots; ++k)
         for (std::size_t i = 0; i < kHistStride; ++i) h[k][i] = hist[k * kHistStride + i];
@@ -1313,7 +1331,6 @@ DenseEncodeModel dense_encode_model(const double* s1, const double* s2, std::uin
             out.fc[k * 256 + sy] = cm.table.freq[sy] | static_cast<std::uint32_t>(cm.table.cum[sy]) << 16;
         out.qmin.push_back(cm.qmin);
         out.nsym.push_back(static_cast<std::uint32_t>(cm.nsym));
-        out.shift.push_back(cm.shift);
     }
     return out;
 }

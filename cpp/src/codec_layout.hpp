@@ -44,26 +44,26 @@ struct DenseSampling {
 DenseSampling dense_sampling(std::uint64_t frames, std::uint64_t pixels);
 
 // From the moments (count samples per pixel of s1 = sum v, s2 = sum v^2): each pixel's base and
-// class slot, and each slot's bucket shift (what the histogram pass needs).
+// class slot, each slot's class id and bucket shift (what the histogram pass needs).
 struct DenseClassMap {
     std::vector<std::int64_t> base;
     std::vector<std::int32_t> slot;
+    std::vector<std::int32_t> classes;  // ascending
     std::vector<std::uint32_t> shift;
 };
 DenseClassMap dense_class_map(const double* s1, const double* s2, std::uint32_t count, std::uint64_t pixels);
 
-// From the moments and the histograms (n_slots x kDenseHistStride): the body's model part
+// From the class map and the histograms (n_slots x kDenseHistStride): the body's model part
 // (`prefix`) and the tables the payload is coded with (per slot: freq | cum << 16 for 256 symbols,
-// qmin, nsym = the escape symbol, shift).
+// qmin, nsym = the escape symbol). `map.shift` is not read: the classes fix the shifts.
 struct DenseEncodeModel {
     std::vector<std::uint8_t> prefix;
     std::vector<std::uint32_t> fc;
     std::vector<std::int64_t> qmin;
-    std::vector<std::uint32_t> nsym, shift;
+    std::vector<std::uint32_t> nsym;
 };
-DenseEncodeModel dense_encode_model(const double* s1, const double* s2, std::uint32_t count, std::uint64_t pixels,
-                                    const std::uint32_t* hist, std::size_t n_slots, std::uint64_t hist_step,
-                                    unsigned elem_bits);
+DenseEncodeModel dense_encode_model(const DenseClassMap& map, const std::uint32_t* hist, std::size_t n_slots,
+                                    std::uint64_t hist_step, unsigned elem_bits);
 
 // The chunk (header, body, CRC) from its parts; empty when the body would not be smaller than the
 // raw data (the CPU encoder stores such a chunk raw: the caller does so).

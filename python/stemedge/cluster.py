@@ -25,6 +25,7 @@ import numpy as np
 
 from stemedge.analysis.base import Analysis, Results
 from stemedge.calibration import Calibration
+from stemedge.geometry import ScanGeometry
 
 __all__ = [
     "ClusterError",
@@ -148,16 +149,12 @@ def _run_partition(
 
 
 def _merge(
-    path: str,
-    open_kwargs: dict[str, Any],
-    calibration: Calibration | None,
+    geometry: ScanGeometry,
     analyses: list[Analysis],
     left: tuple[list[Any], np.ndarray],
     right: tuple[list[Any], np.ndarray],
 ) -> tuple[list[Any], np.ndarray]:
     """On a worker: two partition results merged (partials and coverage)."""
-    source, geometry = _open(path, open_kwargs, calibration)
-    source.close()
     for a in analyses:
         a.bind(geometry)
     for a, into, other in zip(analyses, left[0], right[0], strict=True):
@@ -231,14 +228,14 @@ def run_on_cluster(
     try:
         workers = max(1, len(client.scheduler_info()["workers"]))
         parts = row_partitions(ny, rows or max(1, math.ceil(ny / (4 * workers))))
-        fresh = analyses  # unbound: they travel pickled and bind on the workers
+        # The analyses are unbound: they travel pickled and bind on the workers.
         futures = {
             client.submit(
                 _run_partition,
                 path,
                 open_kwargs,
                 calibration,
-                fresh,
+                analyses,
                 part,
                 chunk_frames,
                 retries=retries,
@@ -264,11 +261,7 @@ def run_on_cluster(
                 # merge pairwise as partitions finish: a tree on the workers
                 while len(done) >= 2:
                     a, b = done.pop(), done.pop()
-                    done.append(
-                        client.submit(
-                            _merge, path, open_kwargs, calibration, fresh, a, b, pure=False
-                        )
-                    )
+                    done.append(client.submit(_merge, geometry, analyses, a, b, pure=False))
         finally:
             if bar is not None:
                 bar.close()

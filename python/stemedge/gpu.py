@@ -143,6 +143,13 @@ def _finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, sptr):
         return K._finish_images(raw, cols, ms, single, scan_shape, normalize, dtype, None, xp=cp)
 
 
+def _host(masks):
+    """Masks given as cupy arrays, brought to the host (the plans are compiled there)."""
+    if isinstance(masks, MaskSet) or not hasattr(masks, "get"):
+        return masks
+    return masks.get()
+
+
 def _no_out(out) -> None:
     if out is not None:
         raise ValueError("out= is not supported for frames on the GPU (results are new arrays)")
@@ -171,7 +178,7 @@ def center_of_mass(
     if mask is None:
         plan = K._com_plan(det_shape, *K._com_geometry(radius, inner_radius, o))
     else:
-        m = mask.get() if hasattr(mask, "get") else mask  # a cupy mask is fine too
+        m = _host(mask)  # a cupy mask is fine too
         plan = MaskSet(K._com_mask(det_shape, radius, inner_radius, m, o), names=["com"])
     sptr = _stream(frames, stream)
     raw = _reduce(flat, plan, [True], [K._threshold(threshold)], sptr)
@@ -189,8 +196,7 @@ def virtual_images(
     _no_out(out)
     flat, scan_shape, det_shape = _frames(frames)
     K._check_normalize(normalize)
-    host = masks.get() if hasattr(masks, "get") and not isinstance(masks, MaskSet) else masks
-    ms, single = K._as_maskset(host, det_shape, mode)
+    ms, single = K._as_maskset(_host(masks), det_shape, mode)
     dtype = K._result_dtype(dtype)
     k = len(ms)
     sptr = _stream(frames, stream)
@@ -219,10 +225,8 @@ def com_and_virtual_images(
     o = K._origin(origin, det_shape)
     dtype = K._result_dtype(dtype)
     K._check_normalize(normalize)
-    host = masks.get() if hasattr(masks, "get") and not isinstance(masks, MaskSet) else masks
-    vis, single = K._as_maskset(host, det_shape, "auto")
-    cm = com_mask.get() if hasattr(com_mask, "get") else com_mask
-    both = K._fused_plan(vis, det_shape, radius, inner_radius, cm, o)
+    vis, single = K._as_maskset(_host(masks), det_shape, "auto")
+    both = K._fused_plan(vis, det_shape, radius, inner_radius, _host(com_mask), o)
     k = len(vis)
     sptr = _stream(frames, stream)
     raw = _reduce(

@@ -9,9 +9,9 @@ device only. Each chunk goes through four stages, every chunk of a batch in one 
    (16 bytes per pixel and chunk);
 2. the host picks each pixel's base and class with the CPU encoder's code
    (``_native.codec_dense_class_map``); the device counts the residual histograms per class;
-3. the host builds the class tables from them (``_native.codec_dense_encode_model``); the device
-   codes the payload, a warp per chunk (32 lanes = the format's 32 rANS states), and computes the
-   CRC-32C of the raw data;
+3. the host builds the class tables from the class map and the histograms
+   (``_native.codec_dense_encode_model``); the device codes the payload, a warp per chunk
+   (32 lanes = the format's 32 rANS states), and computes the CRC-32C of the raw data;
 4. only the compressed words and bits come back; the host wraps them into the chunk
    (``_native.codec_dense_chunk``, which also computes the chunk's CRC).
 
@@ -137,9 +137,10 @@ def _encode_batch(parts: list, pix: tuple[int, ...], dtype: np.dtype, st) -> lis
     hist = st.get(hist)
     models = [
         _native.codec_dense_encode_model(
-            s1[i], s2[i], counts[i], hist[first[i] : first[i + 1]], sampling[i][1], 8 * elem
+            m["base"], m["slot"], m["classes"], hist[first[i] : first[i + 1]], sampling[i][1],
+            8 * elem,
         )
-        for i in range(n)
+        for i, m in enumerate(maps)
     ]  # fmt: skip
 
     # 3. payload and raw CRC

@@ -272,12 +272,6 @@ def _finalize(a: Analysis, state, counts: np.ndarray, stream) -> dict[str, np.nd
     if isinstance(a, MaskSums):  # small: the CPU analysis finishes it
         return a.finalize({"sums": state.get()}, counts)
     # SSB: the reconstruction on the device, as SSBAnalysis.finalize does it on the host
-    cp = gpu._cupy()
     with stream:
         wave, _ = reconstruct_cube(state, a.plan, int(counts.sum()), stream.ptr)
-        phase = cp.angle(wave).astype(cp.float32).get()
-        amplitude = cp.abs(wave).astype(cp.float32).get()
-    unseen = counts == 0
-    phase[unseen] = np.nan
-    amplitude[unseen] = np.nan
-    return {"phase_rad": phase, "amplitude": amplitude}
+        return a.results_from_wave(wave.get(), counts)

@@ -149,10 +149,14 @@ class SSBAnalysis(Analysis):
             cube = partial["cube"]
             mean = cube.mean(axis=0, dtype=np.float64)
             f = plan.weighted_sums(cube - mean.astype(np.float32), mean, nthreads=self.threads)
-        wave = plan.wave(f, n_frames)
+        return self.results_from_wave(plan.wave(f, n_frames), cov)
+
+    def results_from_wave(self, wave: np.ndarray, coverage: np.ndarray) -> Results:
+        """Phase and amplitude of the object wave, NaN where no frame was seen (shared with the
+        GPU streamer, which reconstructs the wave on the device)."""
         phase = np.angle(wave).astype(np.float32)
         amplitude = np.abs(wave).astype(np.float32)
-        unseen = (cov == 0).reshape(self.geometry.scan_shape)
+        unseen = (np.asarray(coverage) == 0).reshape(self.geometry.scan_shape)
         phase[unseen] = np.nan
         amplitude[unseen] = np.nan
         return {"phase_rad": phase, "amplitude": amplitude}

@@ -41,15 +41,21 @@ class RemoteMicroscope(Microscope):
 
     def _call(self, name: str, *args: Any) -> Any:
         """One remote call on the shared connection (one call at a time)."""
-        import Pyro5.api
 
         with self._lock:
             if self._conn is None:
-                self._conn = Pyro5.api.Proxy(self.uri)
-                self._conn._pyroHandshake = self._token
-                self._conn._pyroSerializer = "marshal"
+                self._conn = self._new_proxy()
             self._conn._pyroClaimOwnership()
             return getattr(self._conn, name)(*args)
+
+    def _new_proxy(self):
+        """A connection to the server, authenticated with the token."""
+        import Pyro5.api
+
+        p = Pyro5.api.Proxy(self.uri)
+        p._pyroHandshake = self._token
+        p._pyroSerializer = "marshal"
+        return p
 
     def _proxy(self):
         """The shared Pyro5 proxy, claimed for this thread (for tests of the raw protocol)."""
@@ -104,11 +110,7 @@ class RemoteMicroscope(Microscope):
         self._call("show", title, pack(np.asarray(data)), pixel)
 
     def abort(self) -> None:
-        import Pyro5.api
-
-        with Pyro5.api.Proxy(self.uri) as p:  # its own connection: the others may be busy
-            p._pyroHandshake = self._token
-            p._pyroSerializer = "marshal"
+        with self._new_proxy() as p:  # its own connection: the others may be busy
             p.abort()
 
 
@@ -118,11 +120,10 @@ class _RemoteScan(Source):
     ) -> None:
         self._scope = scope
         self._size = size
-        self._exposure = exposure_ms
         self._kind = kind
         # The geometry comes from the server; the scan starts when it is first streamed.
         info = scope._call("scan_start", list(size), exposure_ms, 256, kind)
-        self._started = info
+        self._scan_id = info["scan_id"]
         self.geometry = ScanGeometry.from_dict(info["geometry"])
         if "energy_eV" in info:
             self.energy_eV = unpack(info["energy_eV"])
@@ -135,9 +136,8 @@ class _RemoteScan(Source):
         }
 
     def chunks(self, max_frames: int) -> Iterator[Chunk]:
-        scan_id = self._started["scan_id"]
         while True:
-            d = self._scope._call("scan_next", scan_id)
+            d = self._scope._call("scan_next", self._scan_id)
             if d is None:
                 return
             frames, idx = unpack(d["frames"]), unpack(d["indices"])

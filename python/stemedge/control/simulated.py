@@ -137,9 +137,15 @@ class SimulatedMicroscope(Microscope):
     def _to_pixels(self, positions_A: np.ndarray) -> np.ndarray:
         return np.rint(positions_A / self.sample.pixel_A).astype(np.int64)
 
+    def _frame_dtype(self, exposure_ms: float) -> type:
+        """float32 noise-free, else counts: uint16 below 2e4 electrons per frame, uint32 above."""
+        if self.dose_per_ms is None:
+            return np.float32
+        return np.uint16 if self.dose_per_ms * exposure_ms < 2e4 else np.uint32
+
     def _frames(self, pixels: np.ndarray, exposure_ms: float) -> np.ndarray:
         dose = None if self.dose_per_ms is None else self.dose_per_ms * exposure_ms
-        dtype = np.float32 if dose is None else (np.uint16 if dose < 2e4 else np.uint32)
+        dtype = self._frame_dtype(exposure_ms)
         return frames_at(
             self.sample.phase,
             pixels,
@@ -382,13 +388,8 @@ class _ScanSource(Source):
         self._step_px = step_px
         self._exposure = exposure_ms
         step_A = step_px * scope.sample.pixel_A
-        dose = scope.dose_per_ms
-        dtype = (
-            np.float32 if dose is None else (np.uint16 if dose * exposure_ms < 2e4 else np.uint32)
-        )
-        self.geometry = ScanGeometry(
-            size, scope.camera_shape, np.dtype(dtype), scope.calibration(step_A)
-        )
+        dtype = np.dtype(scope._frame_dtype(exposure_ms))
+        self.geometry = ScanGeometry(size, scope.camera_shape, dtype, scope.calibration(step_A))
 
     def describe(self) -> dict[str, Any]:
         return {

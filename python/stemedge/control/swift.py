@@ -62,6 +62,12 @@ def start_usim() -> tuple[Any, Any]:
     return cfg, stop
 
 
+def _to_mrad(cal) -> float:
+    """An angular Swift calibration's scale in mrad (NaN unless its units are rad or mrad)."""
+    scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
+    return float(cal.scale) * scale
+
+
 class SwiftMicroscope(Microscope):
     """A Microscope on Swift's STEM controller, scan device and ronchigram camera.
 
@@ -154,8 +160,14 @@ class SwiftMicroscope(Microscope):
             cal = self._camera.get_camera_calibrations(self._camera_params(1.0))[-1]
         except Exception:
             return math.nan
-        scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
-        return float(cal.scale) * scale
+        return _to_mrad(cal)
+
+    def _optics(self) -> tuple[float, float]:
+        """(high voltage [kV], convergence semi-angle [mrad]); NaN for what Swift does not say."""
+        inst = self._instrument
+        voltage = float(getattr(inst, "voltage", math.nan))
+        conv = getattr(inst, "GetVal", lambda *_: math.nan)("ConvergenceAngle")
+        return voltage / 1e3, float(conv) * 1e3 if conv == conv else math.nan
 
     def _fraction(self, pos: np.ndarray):
         from nion.utils import Geometry
@@ -168,7 +180,7 @@ class SwiftMicroscope(Microscope):
 
     def state(self) -> MicroscopeState:
         inst = self._instrument
-        voltage = float(getattr(inst, "voltage", math.nan))
+        voltage_kV, convergence_mrad = self._optics()
         stage = getattr(inst, "stage_position_m", None)
         stage_nm = (
             (float(stage.y) * 1e9, float(stage.x) * 1e9, 0.0)
@@ -181,15 +193,14 @@ class SwiftMicroscope(Microscope):
             if probe is not None
             else (math.nan, math.nan)
         )
-        conv = getattr(inst, "GetVal", lambda *_: math.nan)("ConvergenceAngle")
         try:
             shape = tuple(int(s) for s in self._camera.get_expected_dimensions(self._binning))
         except Exception:
             shape = (0, 0)
         return MicroscopeState(
             instrument=f"Nion Swift: {type(inst).__module__}",
-            voltage_kV=voltage / 1e3,
-            convergence_mrad=float(conv) * 1e3 if conv == conv else math.nan,
+            voltage_kV=voltage_kV,
+            convergence_mrad=convergence_mrad,
             defocus_A=float(getattr(inst, "defocus_m", math.nan)) * 1e10,
             probe_A=probe_A,
             fov_A=self._fov_A,
@@ -281,14 +292,13 @@ class SwiftMicroscope(Microscope):
         )
         cal = info.data_calibrations[-1]
         step = min(self._fov_A) / max(ny, nx)
-        scale = {"rad": 1e3, "mrad": 1.0}.get(str(getattr(cal, "units", "")), math.nan)
-        state = self.state()
-        mrad_per_px = float(cal.scale) * scale
+        voltage_kV, convergence_mrad = self._optics()
+        mrad_per_px = _to_mrad(cal)
         calibration = Calibration(
             scan_step_A=(step, step),
             det_mrad_per_px=mrad_per_px if mrad_per_px > 0 else 1.0,  # 1.0: the camera did not say
-            voltage_kV=state.voltage_kV,
-            convergence_mrad=state.convergence_mrad if state.convergence_mrad > 0 else 20.0,
+            voltage_kV=voltage_kV,
+            convergence_mrad=convergence_mrad if convergence_mrad > 0 else 20.0,
         )
         frame_shape = tuple(int(v) for v in info.camera_readout_size_squeezed)
         geometry = ScanGeometry((ny, nx), frame_shape, np.dtype(np.float32), calibration)

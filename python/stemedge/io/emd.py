@@ -201,6 +201,23 @@ def _detector_dims(cal: Calibration | None, frame_shape: tuple[int, int]) -> lis
     ]
 
 
+def _emd_root(f: h5py.File, version: str) -> tuple[h5py.Group, h5py.Group]:
+    """Mark ``f`` as an EMD 1.0 file written by stemedge ``version``; create and return its root
+    group and the root's metadata bundle."""
+    f.attrs["emd_group_type"] = "file"
+    f.attrs["version_major"] = 1
+    f.attrs["version_minor"] = 0
+    f.attrs["UUID"] = str(uuid.uuid4())
+    f.attrs["authoring_program"] = f"stemedge {version}"
+    f.attrs["authoring_user"] = ""
+    root = f.create_group(ROOT_NAME)
+    root.attrs["emd_group_type"] = "root"
+    root.attrs["python_class"] = "Root"
+    bundle = root.create_group("metadatabundle")
+    bundle.attrs["emd_group_type"] = "metadatabundle"
+    return root, bundle
+
+
 def _create_array_group(parent: h5py.Group, name: str, python_class: str) -> h5py.Group:
     grp = parent.create_group(name)
     grp.attrs["emd_group_type"] = "array"
@@ -431,18 +448,7 @@ class EMDWriter:
     # --- layout ------------------------------------------------------------------------------
     def _build(self, chunk_frames: int, py4dstem: bool) -> None:
         geo, cal = self.geometry, self.geometry.calibration
-        f = self._file
-        f.attrs["emd_group_type"] = "file"
-        f.attrs["version_major"] = 1
-        f.attrs["version_minor"] = 0
-        f.attrs["UUID"] = str(uuid.uuid4())
-        f.attrs["authoring_program"] = f"stemedge {self._environment['stemedge_version']}"
-        f.attrs["authoring_user"] = ""
-        root = f.create_group(ROOT_NAME)
-        root.attrs["emd_group_type"] = "root"
-        root.attrs["python_class"] = "Root"
-        self._bundle = root.create_group("metadatabundle")
-        self._bundle.attrs["emd_group_type"] = "metadatabundle"
+        root, self._bundle = _emd_root(self._file, self._environment["stemedge_version"])
         self._cube = _create_array_group(root, DATACUBE_NAME, "DataCube" if py4dstem else "Array")
         shape = (*geo.scan_shape, *geo.frame_shape)
         chunks = (1, chunk_frames, *geo.frame_shape)

@@ -297,7 +297,7 @@ class SteeringLoop:
             )
             record.update(timing)
             measured.steps.append(record)
-            reason = self._should_stop(measured, std, taken, sign)
+            reason = self._should_stop(measured, timing["max_std"], taken, sign)
             if reason:
                 stop = reason
                 break
@@ -341,7 +341,7 @@ class SteeringLoop:
         batch = np.zeros(0, np.int64)
         n = c["q"] if pick is None else pick
         if n > 0:
-            best = float(np.max(sign * measured.values[ok])) if ok.any() else 0.0
+            best = float(np.max(sign * measured.values[ok]))  # ok.any(): checked above
             kinds = c["acquisition"].split("+")
             kind = kinds[len(measured.steps) % len(kinds)]
             if kind in BOTORCH_ACQUISITIONS:  # (torch is imported only here, on first use)
@@ -385,11 +385,11 @@ class SteeringLoop:
         }
         return sign * mean, std, batch, timing
 
-    def _should_stop(self, measured: Measurements, std, taken, sign) -> str | None:
+    def _should_stop(self, measured: Measurements, max_std: float, taken, sign) -> str | None:
+        """Why to stop now (None: go on); ``max_std``: the largest uncertainty left unmeasured."""
         c = self.config
-        if c["stop_std"] is not None and not taken.all():
-            if float(np.max(std[~taken])) < c["stop_std"]:
-                return "uncertainty"
+        if c["stop_std"] is not None and not taken.all() and max_std < c["stop_std"]:
+            return "uncertainty"
         k = c["stagnation"]
         if k and measured.step.max() >= k:
             v = sign * measured.values

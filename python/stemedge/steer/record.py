@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from stemedge.control.microscope import SurveyImage
-from stemedge.io.emd import _create_array_group, _write_dims, _write_metadata
+from stemedge.io.emd import _create_array_group, _emd_root, _write_dims, _write_metadata
 from stemedge.io.provenance import environment, jsonable
 
 __all__ = ["Measurements", "read_record", "write_record"]
@@ -83,17 +83,7 @@ def write_record(
     env = environment()
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["emd_group_type"] = "file"
-            f.attrs["version_major"] = 1
-            f.attrs["version_minor"] = 0
-            f.attrs["UUID"] = str(uuid.uuid4())
-            f.attrs["authoring_program"] = f"stemedge {env['stemedge_version']}"
-            f.attrs["authoring_user"] = ""
-            root = f.create_group("stemedge_root")
-            root.attrs["emd_group_type"] = "root"
-            root.attrs["python_class"] = "Root"
-            bundle = root.create_group("metadatabundle")
-            bundle.attrs["emd_group_type"] = "metadatabundle"
+            root, bundle = _emd_root(f, env["stemedge_version"])
             _write_metadata(bundle, "steering", jsonable({**config, "environment": env}))
             _array(root, "survey", np.asarray(survey.image, np.float32), survey.pixel_A, "A")
             root["survey"].attrs["stemedge_detector"] = survey.detector

@@ -95,6 +95,18 @@ class PeakRatio(Scalarizer):
         }
 
 
+def _com_shifts(frames: np.ndarray) -> np.ndarray:
+    """(n, 2) CoM shifts [px] of frames (n, det_y, det_x) by the native kernel; dtypes it does
+    not read are converted to float32."""
+    from stemedge.geometry import FRAME_DTYPES
+    from stemedge.kernels import center_of_mass
+
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype not in FRAME_DTYPES:
+        frames = frames.astype(np.float32)
+    return center_of_mass(frames, dtype=np.float64, nthreads=1).shifts
+
+
 class ComShift(Scalarizer):
     """Magnitude of the centre-of-mass shift of each frame, in mrad (native CoM kernel; the
     origin is the frame centre, PHYSICS.md C2)."""
@@ -102,12 +114,7 @@ class ComShift(Scalarizer):
     measurement, name, units = "frames", "CoM shift", "mrad"
 
     def __call__(self, data: np.ndarray, axis: Any) -> np.ndarray:
-        from stemedge.kernels import center_of_mass
-
-        frames = np.ascontiguousarray(data)
-        if frames.dtype not in (np.uint8, np.uint16, np.uint32, np.float32):
-            frames = frames.astype(np.float32)
-        shifts = center_of_mass(frames, dtype=np.float64, nthreads=1).shifts
+        shifts = _com_shifts(data)
         return np.hypot(shifts[:, 0], shifts[:, 1]) * float(axis)
 
 
@@ -131,13 +138,9 @@ class ComDivergence(Scalarizer):
 
     def __call__(self, data: np.ndarray, axis: Any) -> np.ndarray:
         from stemedge.dpc import to_scan_frame
-        from stemedge.kernels import center_of_mass
 
         n, k = data.shape[:2]
-        frames = np.ascontiguousarray(data.reshape(n * k, *data.shape[2:]))
-        if frames.dtype not in (np.uint8, np.uint16, np.uint32, np.float32):
-            frames = frames.astype(np.float32)
-        shifts = center_of_mass(frames, dtype=np.float64, nthreads=1).shifts
+        shifts = _com_shifts(data.reshape(n * k, *data.shape[2:]))
         e = to_scan_frame(shifts, self.rotation_deg, self.flip_y).reshape(n, k, 2) * float(axis)
         d_ey = (e[:, 1, 0] - e[:, 0, 0]) / (2 * self.step_A)
         d_ex = (e[:, 3, 1] - e[:, 2, 1]) / (2 * self.step_A)
