@@ -90,15 +90,7 @@ def connect(cluster: Any = "local", *, n_workers: int = 2, threads_per_worker: i
         )
         return Client(lc)
     if cluster == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as e:
-            raise ImportError(
-                "--cluster slurm needs dask-jobqueue: pip install dask-jobqueue"
-            ) from e
-        sc = SLURMCluster()
-        sc.scale(jobs=n_workers)
-        return Client(sc)
+        return Client(slurm_cluster(n_workers, **job))
     if isinstance(cluster, str) and "://" in cluster:
         return Client(cluster)
     raise ValueError(
