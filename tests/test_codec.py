@@ -88,6 +88,36 @@ def test_dense_round_trip_on_a_diffraction_pattern(seed, bound):
     assert np.abs(out.astype(np.int64) - a).max() <= bound
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("shape", [(300, 31, 37), (70, 1, 1040), (5, 3, 5), (1, 1, 17)])
+def test_vector_model_passes_match_scalar(dtype, shape):
+    """The encoder's AVX-512 model passes (per-pixel moments over pixel blocks of 1024, the
+    residual-histogram bins) give the scalar loops' model, hence the same chunk: blocks and
+    16-pixel groups with tails, sampled frames (300 frames: moments from every 2nd), signed
+    values, residuals at the window's edges and far outside it (the overflow bin)."""
+    lim = np.iinfo(dtype)
+    rng = np.random.default_rng(shape[0])
+    lam = rng.uniform(0.0, 60.0 if lim.max < 256 else 3000.0, shape[1:])
+    a = rng.poisson(lam, shape).astype(np.int64) + (lim.min // 2 if lim.min < 0 else 0)
+    a.reshape(-1)[:: max(1, a.size // 50)] = lim.max  # outliers: escapes and overflow bins
+    a.reshape(-1)[1 :: max(1, a.size // 37)] = lim.min
+    # Pixel 0: constant in the frames the moments sample (every 2nd of 300), residuals at the
+    # window's edges (±127, ±128 with no shift) in the others, which the histogram counts.
+    flat = a.reshape(shape[0], -1)
+    centre = (int(lim.min) + int(lim.max)) // 2
+    flat[:, 0] = centre
+    flat[1::2, 0] = centre + np.resize([127, 128, -127, -128], flat[1::2, 0].shape)
+    a = np.clip(a, lim.min, lim.max).astype(dtype)
+    vector = _native.codec_compress(a, "dense", 0.0)
+    try:
+        _native.codec_set_simd(False)
+        scalar = _native.codec_compress(a, "dense", 0.0)
+    finally:
+        _native.codec_set_simd(True)
+    assert vector == scalar
+    np.testing.assert_array_equal(_native.codec_decompress(vector), a)
+
+
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("det", [(16, 16), (8, 12), (9, 7)])
 @pytest.mark.parametrize("bound", [0.0, 2.0])
@@ -288,8 +318,19 @@ def test_wrong_headers_are_refused(blobs):
         decompress(12345)
 
 
-def test_checksum_is_crc32c():
-    """The known answer of CRC-32C, and the 3-way interleaved path against a bytewise one."""
+@pytest.mark.parametrize("simd", [True, False])
+def test_checksum_is_crc32c(simd):
+    """The known answer of CRC-32C, and every fast path (carry-less folding where the CPU has
+    VPCLMULQDQ, else three crc32 chains joined by x^n mod P) against a bytewise one, at and
+    around their block sizes, from unaligned starts."""
+    _native.codec_set_simd(simd)
+    try:
+        _check_crc32c()
+    finally:
+        _native.codec_set_simd(True)
+
+
+def _check_crc32c():
     assert _native.codec_crc32c(b"123456789") == 0xE3069283
     table = []
     for i in range(256):
@@ -298,8 +339,8 @@ def test_checksum_is_crc32c():
             c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
         table.append(c)
     rng = np.random.default_rng(0)
-    for n in (0, 1, 7, 12287, 12288, 40001):
-        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    for n in (0, 1, 7, 1023, 1024, 1025, 1279, 1280, 1281, 1535, 12287, 12288, 40001):
+        data = memoryview(rng.integers(0, 256, n + 3, dtype=np.uint8).tobytes())[3:]
         crc = 0xFFFFFFFF
         for byte in data:
             crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]

@@ -1,6 +1,11 @@
 #include "codec_rans.hpp"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <queue>
 
@@ -281,40 +286,39 @@ __attribute__((target("sse4.2"))) std::uint32_t crc_hw(const std::uint8_t* p, st
 }
 #endif
 
-}  // namespace
-
-// CRC of `len` zero bytes appended: multiplication by x^(8·len) modulo the polynomial, as a
-// 32×32 GF(2) matrix raised by squaring (zlib's crc32_combine, for the Castagnoli polynomial).
-namespace {
-
-std::uint32_t gf2_times(const std::uint32_t* mat, std::uint32_t vec) {
-    std::uint32_t sum = 0;
-    for (int i = 0; vec; vec >>= 1, ++i)
-        if (vec & 1) sum ^= mat[i];
-    return sum;
+// a·b mod P, both reflected (bit i <-> x^(31 - i)): shift-and-add over b's 32 coefficients.
+std::uint32_t gf2_mulmod(std::uint32_t a, std::uint32_t b) {
+    std::uint32_t r = 0;
+    for (int i = 0; i < 32; ++i) {
+        if (b & (0x80000000u >> i)) r ^= a;
+        a = (a >> 1) ^ (0x82F63B78u & (0u - (a & 1)));  // a·x
+    }
+    return r;
 }
 
-void gf2_square(std::uint32_t* sq, const std::uint32_t* mat) {
-    for (int n = 0; n < 32; ++n) sq[n] = gf2_times(mat, mat[n]);
+// x^(2^k) mod P for k = 0..63 (reflected), from x (bit 30) by squaring.
+struct XPow2 {
+    std::uint32_t t[64];
+    XPow2() {
+        t[0] = 0x40000000u;
+        for (int k = 1; k < 64; ++k) t[k] = gf2_mulmod(t[k - 1], t[k - 1]);
+    }
+};
+
+// x^e mod P, reflected (bit i <-> x^(31 - i)).
+std::uint32_t xpow_mod(std::uint64_t e) {
+    static const XPow2 pw;
+    std::uint32_t r = 0x80000000u;  // 1
+    for (int k = 0; e; e >>= 1, ++k)
+        if (e & 1) r = gf2_mulmod(r, pw.t[k]);
+    return r;
 }
 
-// crc (raw register, no pre/post inversion) advanced over `len` zero bytes.
+// CRC of `len` zero bytes appended (raw register, no pre/post inversion): multiplication by
+// x^(8·len) modulo P (a register r stands for r·x^32 of the message, so shifting the message by
+// 8·len bits multiplies it by the same power).
 std::uint32_t crc_shift(std::uint32_t crc, std::size_t len) {
-    std::uint32_t even[32], odd[32];
-    odd[0] = 0x82F63B78u;  // one zero bit
-    for (int n = 1; n < 32; ++n) odd[n] = 1u << (n - 1);
-    gf2_square(even, odd);  // two zero bits
-    gf2_square(odd, even);  // four
-    do {
-        gf2_square(even, odd);
-        if (len & 1) crc = gf2_times(even, crc);
-        len >>= 1;
-        if (!len) break;
-        gf2_square(odd, even);
-        if (len & 1) crc = gf2_times(odd, crc);
-        len >>= 1;
-    } while (len);
-    return crc;
+    return gf2_mulmod(crc, xpow_mod(8 * static_cast<std::uint64_t>(len)));
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -340,16 +344,65 @@ __attribute__((target("sse4.2"))) std::uint32_t crc_hw3(const std::uint8_t* p, s
     r = crc_shift(r, third) ^ static_cast<std::uint32_t>(c);
     return crc_hw(p + 3 * third, n - 3 * third, r);
 }
+
+// Carry-less folding, 256 bytes per step in four 512-bit accumulators (Intel's "Fast CRC
+// computation using PCLMULQDQ", without its Barrett step): a 128-bit lane holding H (low qword,
+// the higher-degree coefficients) and L stands for H·x^64 + L; moved D bits further it becomes
+// H·x^(64+D) + L·x^D, and mod P that is clmul(H, x^(D+63)) ^ clmul(L, x^(D-1)) (the −1: a
+// product of two reflected 64-bit operands comes out one degree short). The four accumulators
+// are then the message's last 256 bytes, with everything before folded in: the crc32
+// instruction finishes them (from a zero register; the initial register was XOR-ed into the
+// first 4 bytes, as a reflected CRC allows).
+#define SE_VPCLMUL __attribute__((target("avx512f,avx512bw,vpclmulqdq,sse4.2")))
+
+SE_VPCLMUL inline __m512i fold256(__m512i x, __m512i k, const std::uint8_t* next) {
+    return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00), _mm512_clmulepi64_epi128(x, k, 0x11),
+                                     _mm512_loadu_si512(next), 0x96);  // a ^ b ^ c
+}
+
+SE_VPCLMUL std::uint32_t crc_vpclmul(
+    const std::uint8_t* p, std::size_t n, std::uint32_t crc) {
+    if (n < 1024) return crc_hw3(p, n, crc);
+    static const std::uint64_t kh = static_cast<std::uint64_t>(xpow_mod(2048 + 63)) << 32;
+    static const std::uint64_t kl = static_cast<std::uint64_t>(xpow_mod(2048 - 1)) << 32;
+    const __m512i k = _mm512_set_epi64(static_cast<long long>(kl), static_cast<long long>(kh),
+                                       static_cast<long long>(kl), static_cast<long long>(kh),
+                                       static_cast<long long>(kl), static_cast<long long>(kh),
+                                       static_cast<long long>(kl), static_cast<long long>(kh));
+    __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64);
+    __m512i x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
+    x0 = _mm512_xor_si512(x0, _mm512_castsi128_si512(_mm_cvtsi32_si128(static_cast<int>(crc))));
+    p += 256;
+    n -= 256;
+    for (; n >= 256; p += 256, n -= 256) {
+        x0 = fold256(x0, k, p);
+        x1 = fold256(x1, k, p + 64);
+        x2 = fold256(x2, k, p + 128);
+        x3 = fold256(x3, k, p + 192);
+    }
+    alignas(64) std::uint8_t acc[256];
+    _mm512_store_si512(acc, x0);
+    _mm512_store_si512(acc + 64, x1);
+    _mm512_store_si512(acc + 128, x2);
+    _mm512_store_si512(acc + 192, x3);
+    return crc_hw(p, n, crc_hw(acc, 256, 0));
+}
 #endif
 
 }  // namespace
+
+std::atomic<bool> g_crc_simd{true};
+
+void crc32c_use_simd(bool on) { g_crc_simd.store(on); }
 
 std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
     const auto* p = static_cast<const std::uint8_t*>(data);
     crc = ~crc;
 #if defined(__x86_64__) && defined(__GNUC__)
     static const bool hw = __builtin_cpu_supports("sse4.2");
-    crc = hw ? crc_hw3(p, n, crc) : crc_soft(p, n, crc);
+    static const bool vp = hw && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("vpclmulqdq");
+    crc = vp && g_crc_simd.load(std::memory_order_relaxed) ? crc_vpclmul(p, n, crc) : hw ? crc_hw3(p, n, crc) : crc_soft(p, n, crc);
 #else
     crc = crc_soft(p, n, crc);
 #endif

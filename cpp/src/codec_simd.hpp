@@ -46,7 +46,30 @@ struct DenseSimdEnc {
     std::uint64_t* cursor = nullptr;  // the bit writer's cursor (bits go from 0 up, last pixel first)
 };
 
+// The DENSE model's two passes over lossless 8/16-bit integers (the encoder's model, codec.cpp):
+// per-pixel sums of v and v² over frames 0, step, 2·step, … (added to s1, s2; every sum is exact
+// in double for these types, so the result equals the scalar loop's), and
+struct DenseMomentsSimd {
+    std::uint64_t frames = 0, pixels = 0, step = 1;
+    const void* src = nullptr;
+    int elem_bytes = 0;
+    bool is_signed = false;
+    double *s1 = nullptr, *s2 = nullptr;
+};
+// each value's histogram bin in one frame row: off[p] + ((v − base[p]) >> shift[p]) + window, or
+// off[p] + 2·window + 1 outside [−window, window].
+struct DenseBinsSimd {
+    std::uint64_t pixels = 0;
+    int elem_bytes = 0;
+    bool is_signed = false;
+    int window = 0;
+    const std::int32_t *base = nullptr, *shift = nullptr;
+    const std::uint32_t* off = nullptr;
+};
+
 bool dense_decode_simd_available();
+bool dense_moments_simd(const DenseMomentsSimd& in);
+bool dense_bins_simd(const DenseBinsSimd& in, const void* row, std::uint32_t* bins);
 // Codes every value (in reverse, like the scalar loop) with bit-identical output.
 bool dense_encode_simd(const DenseSimdEnc& in);
 // false: the stream or bit stream ended early (the chunk is corrupt); the state is then undefined.

@@ -82,8 +82,8 @@ int se_info_peek(const void* blob, size_t blob_nbytes, se_info* out);
  * negative se_error; on error dst may hold partial data. */
 int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t dst_capacity);
 
-/* Use (1, the default) or bypass (0) the AVX-512 decoder where the CPU has it; the output is the
- * same either way (the switch exists for tests and speed comparisons). */
+/* Use (1, the default) or bypass (0) the AVX-512 coder and checksum paths where the CPU has them;
+ * the output is the same either way (the switch exists for tests and speed comparisons). */
 void se_set_simd(int enabled);
 
 /* CRC-32C (Castagnoli) of a buffer: the checksum the chunks carry. */
