@@ -14,6 +14,7 @@ Strategies at the same budget, each seed the same scene and noise model:
 - **steer-dkl** (``--dkl``): the same with the deep-kernel model;
 - **qlognei** (``--botorch``): the same with BoTorch's qLogNoisyExpectedImprovement;
 - **both**: the same alternating UCB and integrated variance reduction, step by step;
+- **find>map**: UCB until 3 steps in a row find no better value, then IVR (``"ucb>ivr"``);
 - **map**: the same with integrated-variance-reduction acquisition (mapping, not maximising);
 - **maxvar**: the same with max-variance acquisition (the textbook mapping rule);
 - **sparse-ivr**, **sparse-maxvar**: the sparse-scan variant, a GP over (y, x) on a 32×32 grid
@@ -231,7 +232,17 @@ def main() -> None:
     ap.add_argument("--timing-only", action="store_true", help="only the decision times")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; budget {args.budget}; seeds {args.seeds}")
-    names = ("steer", "both", "map", "maxvar", "sparse-ivr", "sparse-maxvar", "random", "raster")
+    names = (
+        "steer",
+        "both",
+        "find>map",
+        "map",
+        "maxvar",
+        "sparse-ivr",
+        "sparse-maxvar",
+        "random",
+        "raster",
+    )
     if args.dkl:
         names = ("steer", "steer-dkl", *names[1:])
     if args.botorch:
@@ -240,7 +251,13 @@ def main() -> None:
     floor: list[float] = []
     for seed in range(0 if args.timing_only else args.seeds):
         scope, _, cands, truth = scene(seed)
-        loops = (("steer", "ucb"), ("both", "ucb+ivr"), ("map", "ivr"), ("maxvar", "maxvar"))
+        loops = (
+            ("steer", "ucb"),
+            ("both", "ucb+ivr"),
+            ("find>map", "ucb>ivr"),
+            ("map", "ivr"),
+            ("maxvar", "maxvar"),
+        )
         if args.dkl:
             loops = (loops[0], ("steer-dkl", "ucb"), *loops[1:])
         if args.botorch:

@@ -27,6 +27,8 @@ from stemedge.steer import (
     scores,
     select_batch,
 )
+from stemedge.steer.loop import _phase
+from stemedge.steer.record import Measurements
 
 # --- acquisition -----------------------------------------------------------------------------
 
@@ -235,6 +237,37 @@ def test_batches_thompson_and_stopping_rules(scene):
     assert res.stop_reason == "uncertainty" and len(res.measured.values) == 4  # after init
 
 
+def test_phases_follow_each_other_after_patience_steps_without_a_better_value():
+    """ "a>b": the phase from the measurements alone (a resumed run continues in it), for both
+    goals, NaN values counting as no improvement."""
+    m = Measurements.empty()
+    for step, values in enumerate([[1.0, 2.0], [3.0], [2.5], [np.nan], [3.0], [9.0], [1.0]]):
+        m.add(step, np.arange(len(values)), np.zeros((len(values), 2)), values)
+        want = "ucb" if step < 4 else "ivr"  # steps 2, 3 and 4 do not beat 3.0
+        assert _phase("ucb>ivr", m, 1.0, 3) == want, step
+    assert _phase("ucb>ivr", m, 1.0, 4) == "ucb"  # step 5 raised the best before the 4th
+    assert _phase("ucb+ei>ivr>maxvar", m, 1.0, 1) == "maxvar"
+    assert _phase("ucb>ivr", m, -1.0, 5) == "ivr"  # goal "min": the best is 1.0 from step 0
+    assert (
+        _phase("ucb", m, 1.0, 1) == "ucb"
+        and _phase("ucb>ivr", Measurements.empty(), 1.0, 1) == "ucb"
+    )
+
+
+def test_find_then_map_switches_once_the_search_stalls(scene):
+    scope = _scope(scene)
+    res = _loop(scope, acquisition="ucb>ivr", patience=2, budget=24).run()
+    kinds = [s["acquisition"] for s in res.measured.steps[:-1]]  # the last step chose nothing
+    assert kinds[0] == "ucb" and kinds[-1] == "ivr"
+    switch = kinds.index("ivr")
+    assert set(kinds[switch:]) == {"ivr"}
+    # it switched at the first step that ended 2 steps in a row without a better value
+    v = np.where(np.isfinite(res.measured.values), res.measured.values, -np.inf)
+    best = np.maximum.accumulate([v[res.measured.step == s].max() for s in range(switch + 1)])
+    runs = [k for k in range(2, switch + 1) if best[k] == best[k - 2]]
+    assert runs and runs[0] == switch, (best, switch)
+
+
 def test_sparse_scan_maps_the_property_with_its_uncertainty(scene):
     scope = _scope(scene)
     res = _loop(scope, sparse_grid=(24, 24), acquisition="maxvar", budget=60, n_init=6).run()
@@ -280,6 +313,8 @@ def test_bad_configurations_are_refused(scene):
         ({"n_init": 30}, "n_init"),
         ({"goal": "up"}, "goal"),
         ({"q": 0}, "q must"),
+        ({"acquisition": "ucb>best"}, "acquisition"),
+        ({"patience": 0}, "patience"),
     ):
         with pytest.raises(ValueError, match=match):
             _loop(scope, **kw)

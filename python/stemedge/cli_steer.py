@@ -15,15 +15,12 @@ __all__ = ["register", "run"]
 
 
 def _acquisition(text: str) -> str:
-    from stemedge.steer.acquisition import ACQUISITIONS
-    from stemedge.steer.botorch_acq import BOTORCH_ACQUISITIONS
+    from stemedge.steer.loop import check_acquisition
 
-    known = ACQUISITIONS + BOTORCH_ACQUISITIONS
-    if not all(k in known for k in text.split("+")):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use one of {', '.join(known)}, or several joined by '+'"
-        )
-    return text
+    try:
+        return check_acquisition(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,8 +53,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help=(
             "ucb, ei, maxvar, ivr, thompson, or BoTorch's qucb, qlogei, qlognei (extra dkl); "
-            "several joined by '+' take turns (ucb+ivr). Default ucb (maxvar with --sparse)"
+            "several joined by '+' take turns (ucb+ivr); phases joined by '>' follow each "
+            "other once --patience steps found no better value (ucb>ivr: find the maximum, "
+            "then map). Default ucb (maxvar with --sparse)"
         ),
+    )
+    p.add_argument(
+        "--patience",
+        type=int_at_least(1),
+        default=3,
+        help="steps without a better value that end an acquisition phase (default 3)",
     )
     p.add_argument("--q", type=int_at_least(1), default=1, help="points per step (default 1)")
     p.add_argument(
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         scope,
         scalarizer,
         acquisition=acquisition,
+        patience=args.patience,
         q=args.q,
         exclusion_A=args.exclusion,
         n_init=args.init,

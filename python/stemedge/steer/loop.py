@@ -23,7 +23,7 @@ from stemedge.steer.models import GPModel, Model
 from stemedge.steer.record import Measurements, read_record, write_record
 from stemedge.steer.scalarizers import Scalarizer
 
-__all__ = ["SteeringLoop", "SteeringResult"]
+__all__ = ["SteeringLoop", "SteeringResult", "check_acquisition"]
 
 _log = logging.getLogger("stemedge.steer")
 
@@ -92,6 +92,38 @@ class SteeringResult:
         return fig
 
 
+def check_acquisition(text: str) -> str:
+    """``text`` if it names a known acquisition schedule, else ValueError saying what would."""
+    known = ACQUISITIONS + BOTORCH_ACQUISITIONS
+    if not all(k in known for phase in text.split(">") for k in phase.split("+")):
+        raise ValueError(
+            f"acquisition {text!r}: use one of {', '.join(known)}; several joined by '+' take "
+            "turns (ucb+ivr), phases joined by '>' follow each other after `patience` steps "
+            "without a better value (ucb>ivr)"
+        )
+    return text
+
+
+def _phase(acquisition: str, measured: Measurements, sign: float, patience: int) -> str:
+    """The phase of a "a>b>…" acquisition that the measurements so far are in: each phase ends
+    after ``patience`` steps in a row that did not raise the best value (from the measurements
+    alone, so a resumed run continues in the same phase)."""
+    phases = acquisition.split(">")
+    if len(phases) == 1 or len(measured.values) == 0:
+        return phases[0]
+    v = np.where(np.isfinite(measured.values), sign * measured.values, -np.inf)
+    phase, best, quiet = 0, -np.inf, 0
+    for s in np.unique(measured.step):
+        top = float(v[measured.step == s].max())
+        if top > best:
+            best, quiet = top, 0
+        else:
+            quiet += 1
+            if quiet >= patience and phase < len(phases) - 1:
+                phase, quiet = phase + 1, 0
+    return phases[phase]
+
+
 class SteeringLoop:
     """Choose where the beam goes next from what has been measured.
 
@@ -107,9 +139,11 @@ class SteeringLoop:
     acquisition : str
         "ucb", "ei", "maxvar", "ivr", "thompson", "qucb", "qlogei", "qlognei", or several
         joined by "+" (taken in turn): how candidates are scored (``beta``: UCB's exploration
-        weight). "ucb+ivr" alternates looking for the maximum and improving the map. The
-        q-acquisitions are BoTorch's, valuing a batch jointly
-        (:mod:`stemedge.steer.botorch_acq`; need torch and BoTorch).
+        weight). "ucb+ivr" alternates looking for the maximum and improving the map. Phases
+        joined by ">" follow each other: "ucb>ivr" looks for the maximum until ``patience``
+        steps in a row have not found a better value, then maps. The q-acquisitions are
+        BoTorch's, valuing a batch jointly (:mod:`stemedge.steer.botorch_acq`; need torch and
+        BoTorch).
     q, exclusion_A : int, float
         Points per step, and how far apart (Å) the points of one step must be.
     n_init : int
@@ -120,6 +154,8 @@ class SteeringLoop:
         Stop when the largest predicted uncertainty among unmeasured candidates is below it.
     stagnation : int, optional
         Stop when the best value has not improved for this many steps.
+    patience : int
+        Steps in a row without a better value that end a phase of a "a>b" acquisition.
     goal : {"max", "min"}
         Look for the largest or the smallest value.
     survey_size, survey_fov_A, patch, stride, n_components, smooth_A
@@ -151,6 +187,7 @@ class SteeringLoop:
         budget: int = 50,
         stop_std: float | None = None,
         stagnation: int | None = None,
+        patience: int = 3,
         goal: str = "max",
         survey_size: tuple[int, int] = (128, 128),
         survey_fov_A: float | None = None,
@@ -164,11 +201,9 @@ class SteeringLoop:
         step_budget_s: float = 0.2,
         seed: int = 0,
     ) -> None:
-        if not all(k in ACQUISITIONS + BOTORCH_ACQUISITIONS for k in acquisition.split("+")):
-            raise ValueError(
-                f"acquisition must be one of {ACQUISITIONS + BOTORCH_ACQUISITIONS} or several "
-                f"joined by '+' (taken in turn, step by step), got {acquisition!r}"
-            )
+        check_acquisition(acquisition)
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"patience must be a positive integer, got {patience!r}")
         if goal not in ("max", "min"):
             raise ValueError(f"goal must be 'max' or 'min', got {goal!r}")
         if not (isinstance(budget, int) and budget >= 1):
@@ -190,6 +225,7 @@ class SteeringLoop:
             "budget": budget,
             "stop_std": stop_std,
             "stagnation": stagnation,
+            "patience": patience,
             "goal": goal,
             "survey_size": list(survey_size),
             "survey_fov_A": survey_fov_A,
@@ -340,9 +376,10 @@ class SteeringLoop:
         t2 = time.perf_counter()
         batch = np.zeros(0, np.int64)
         n = c["q"] if pick is None else pick
+        kind = None
         if n > 0:
             best = float(np.max(sign * measured.values[ok]))  # ok.any(): checked above
-            kinds = c["acquisition"].split("+")
+            kinds = _phase(c["acquisition"], measured, sign, c["patience"]).split("+")
             kind = kinds[len(measured.steps) % len(kinds)]
             if kind in BOTORCH_ACQUISITIONS:  # (torch is imported only here, on first use)
                 batch = select_botorch(
@@ -380,6 +417,7 @@ class SteeringLoop:
             "predict_s": t2 - t1,
             "acquire_s": t3 - t2,
             "decide_s": t3 - t0,
+            "acquisition": kind,  # what chose the next batch (None: nothing chosen)
             "model": self.model.state(),
             "max_std": float(np.max(np.where(taken, -np.inf, std))) if not taken.all() else 0.0,
         }
