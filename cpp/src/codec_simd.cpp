@@ -62,13 +62,14 @@ SE_AVX512 bool run(const DenseSimd& in) {
     const std::uint64_t P = in.pixels, n_ops = in.frames * in.pixels;
     const __m512i mask12 = _mm512_set1_epi32(0xfff), mask13 = _mm512_set1_epi32(0x1fff);
     const __m512i L = _mm512_set1_epi32(static_cast<int>(kRansL));
-    __m512i X[2] = {_mm512_loadu_si512(in.x), _mm512_loadu_si512(in.x + 16)};
+    // The group's lanes in `x`, the next group's in `xo`, swapped each step (named registers:
+    // indexing an array of two kept the states in memory, a store and reload on the state chain).
+    __m512i x = _mm512_loadu_si512(in.x), xo = _mm512_loadu_si512(in.x + 16);
     std::uint64_t wpos = *in.wpos, bpos = *in.bpos;
     const std::uint64_t n_words = in.n_words;
     std::uint16_t tail[32] = {};
     std::uint64_t p = 0;
     for (std::uint64_t i = 0; i < n_ops; i += 16, p = p + 16 == P ? 0 : p + 16) {
-        __m512i& x = X[(i >> 4) & 1];
         const __m512i slot = _mm512_and_si512(x, mask12);
         const __m512i idx = _mm512_add_epi32(_mm512_loadu_si512(in.cbase + p), slot);
         const __m512i e = _mm512_i32gather_epi32(idx, in.table, 4);
@@ -138,9 +139,13 @@ SE_AVX512 bool run(const DenseSimd& in) {
         } else {
             _mm512_storeu_si512(static_cast<std::uint32_t*>(in.out) + i, out);
         }
+        const __m512i t = x;
+        x = xo;
+        xo = t;
     }
-    _mm512_storeu_si512(in.x, X[0]);
-    _mm512_storeu_si512(in.x + 16, X[1]);
+    const bool even = (n_ops / 16) % 2 == 0;  // x now holds the lanes of group n_ops / 16
+    _mm512_storeu_si512(in.x, even ? x : xo);
+    _mm512_storeu_si512(in.x + 16, even ? xo : x);
     *in.wpos = wpos;
     *in.bpos = bpos;
     return true;
@@ -164,7 +169,6 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
     if (enc.j_ != n_ops || enc.x_.size() != 32) return false;
     const int esc_bits = in.elem_bytes * 8;
     const __m512i ff = _mm512_set1_epi32(0xff), ffff = _mm512_set1_epi32(0xffff);
-    const __m512i scale = _mm512_set1_epi32(static_cast<int>(kScale));
     if (enc.n_words_ != 0) return false;
     // Group g codes lanes 16·(g mod 2)…: its states are `x`, the next group's `xo` (named
     // registers swapped each step: indexing an array of two would go through memory).
@@ -200,8 +204,9 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
         // low 16 bits. The decoder reads a group's words in lane order, and groups in the reverse
         // of the order they are coded here: the words are stored from the top of the buffer down,
         // each group's in lane order, so they end up in decoding order (no reversal, no permute).
-        const __mmask16 emit = _mm512_cmpneq_epi32_mask(freq, scale) &
-                               _mm512_cmpge_epu32_mask(x, _mm512_slli_epi32(freq, 20));
+        // (x ≥ freq · 2^20 as x > freq · 2^20 − 1 in 32 bits: for freq = 4096 that wraps to
+        // 2^32 − 1, which no state exceeds.)
+        const __mmask16 emit = _mm512_cmpgt_epu32_mask(x, _mm512_sub_epi32(_mm512_slli_epi32(freq, 20), _mm512_set1_epi32(1)));
         {  // no branch: whether a group emits is data, not predictable
             const unsigned n = static_cast<unsigned>(__builtin_popcount(emit));
             const __m512i packed = _mm512_maskz_compress_epi32(emit, x);
@@ -211,18 +216,15 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
             x = _mm512_mask_srli_epi32(x, emit, x, 16);
         }
         // x = (x / freq) · 2^12 + x mod freq + cum. The quotient (< 2^20: x < freq · 2^20 after
-        // renormalising) from a float reciprocal (rcp14 and one Newton step, relative error
-        // ~2^-22 with the roundings), so off by at most one, then made exact by the remainder.
-        // (vdivpd on two halves, exact in double precision, was a third of the time on Zen 4.)
-        const __m512 ff_ = _mm512_cvtepi32_ps(freq);
-        __m512 rcp = _mm512_rcp14_ps(ff_);
-        rcp = _mm512_mul_ps(rcp, _mm512_fnmadd_ps(ff_, rcp, _mm512_set1_ps(2.0f)));
-        __m512i qd = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), rcp));
-        __m512i rem = _mm512_sub_epi32(x, _mm512_mullo_epi32(qd, freq));  // in (−freq, 2·freq)
-        const __mmask16 under = _mm512_cmplt_epi32_mask(rem, _mm512_setzero_si512());
-        qd = _mm512_mask_sub_epi32(qd, under, qd, _mm512_set1_epi32(1));
-        rem = _mm512_mask_add_epi32(rem, under, rem, freq);
-        const __mmask16 over = _mm512_cmpge_epi32_mask(rem, freq);
+        // renormalising) from a float division with every rounding toward zero, so it is never
+        // above x / freq and at most one below (relative error < 2^-22), then made exact by the
+        // remainder. (vdivpd on two halves, exact in double precision, was a third of the time
+        // on Zen 4; rcp14 and a Newton step needed a two-sided correction.)
+        constexpr int kRz = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+        __m512i qd = _mm512_cvttps_epu32(_mm512_div_round_ps(_mm512_cvt_roundepu32_ps(x, kRz),
+                                                             _mm512_cvtepi32_ps(freq), kRz));
+        __m512i rem = _mm512_sub_epi32(x, _mm512_mullo_epi32(qd, freq));  // in [0, 2·freq)
+        const __mmask16 over = _mm512_cmpge_epu32_mask(rem, freq);
         qd = _mm512_mask_add_epi32(qd, over, qd, _mm512_set1_epi32(1));
         rem = _mm512_mask_sub_epi32(rem, over, rem, freq);
         x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(qd, kScaleBits), rem), cum);
@@ -235,13 +237,10 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
             const __m512i off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
             if (total <= 56) {
                 // One word holds the group's bits: each lane's value shifted to its offset, OR-ed.
-                const __m512i one = _mm512_set1_epi64(1);
-                const __m512i nb_lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(nb));
-                const __m512i nb_hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(nb, 1));
-                const __m512i v_lo = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(bv)),
-                                                      _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_lo), one));
-                const __m512i v_hi = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(bv, 1)),
-                                                      _mm512_sub_epi64(_mm512_sllv_epi64(one, nb_hi), one));
+                // (No masks: every value already fits its nb bits, low bits being below the
+                // shift and escapes masked to the element above.)
+                const __m512i v_lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(bv));
+                const __m512i v_hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(bv, 1));
                 const __m512i w = _mm512_or_si512(
                     _mm512_sllv_epi64(v_lo, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(off))),
                     _mm512_sllv_epi64(v_hi, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(off, 1))));
