@@ -88,6 +88,42 @@ def test_dense_round_trip_on_a_diffraction_pattern(seed, bound):
     assert np.abs(out.astype(np.int64) - a).max() <= bound
 
 
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_vector_coders_handle_escapes(dtype):
+    """Escapes on the vector paths: values far outside their pixel's residual window, in frames
+    the moments do not sample (512 frames: every 4th), so the class stays narrow and the value
+    must be escaped (raw bits of the element); groups with one, several and no escapes. The
+    outliers keep the chunk on the vector path: no low ones for unsigned types (a class reaching
+    below 0 sends the chunk to the scalar decoder), and for 8-bit types only values beyond the
+    window (one inside it would widen the table past the vector path's 127 symbols)."""
+    lim = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    a = rng.poisson(3.0 if lim.max < 256 else 100.0, (512, 4, 16)).astype(np.int64)
+    if lim.max < 256:
+        one, row = (lim.max, lim.max - 5) if lim.min == 0 else (lim.min, lim.min + 2)
+    else:
+        one, row = lim.max, lim.max // 2
+    a[41, 0, 5] = one
+    a[45, 2, :] = row
+    if lim.min < 0:
+        a[43, 1, 3] = a[43, 1, 9] = lim.min
+    a = a.clip(lim.min, lim.max).astype(dtype)
+    chunk = _native.codec_compress(a, "dense", 0.0)
+    layout = _native.codec_dense_layout(chunk)
+    esc = np.asarray(layout["esc"])
+    fc = np.asarray(layout["fc"]).reshape(len(esc), -1)
+    assert any(fc[k, esc[k]] & 0xFFFF for k in range(len(esc)))  # the escape symbol is in use
+    try:
+        _native.codec_set_simd(False)
+        scalar_chunk = _native.codec_compress(a, "dense", 0.0)
+        scalar = _native.codec_decompress(chunk)
+    finally:
+        _native.codec_set_simd(True)
+    assert chunk == scalar_chunk
+    np.testing.assert_array_equal(scalar, a)
+    np.testing.assert_array_equal(_native.codec_decompress(chunk), a)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
 @pytest.mark.parametrize("shape", [(300, 31, 37), (70, 1, 1040), (5, 3, 5), (1, 1, 17)])
 def test_vector_model_passes_match_scalar(dtype, shape):
@@ -123,7 +159,7 @@ def test_vector_model_passes_match_scalar(dtype, shape):
 @pytest.mark.parametrize("bound", [0.0, 2.0])
 def test_vector_and_scalar_decoders_agree(dtype, det, bound):
     """The AVX-512 dense coder (where the CPU has it) writes exactly the scalar coder's bytes and
-    decodes to its output, escapes, wide classes (raw low bits) and the 16-pixel groups' edges
+    decodes to its output, outliers, wide classes (raw low bits) and the 16-pixel groups' edges
     included; shapes whose frames are not whole 16-pixel groups take the scalar path."""
     lim = np.iinfo(dtype)
     rng = np.random.default_rng(det[0])

@@ -487,6 +487,26 @@ void write_dense_model(const DenseModel& dm, std::vector<std::uint8_t>& body) {
     }
 }
 
+// For the vector coders: a 16-pixel group without escapes takes its pixels' shifts as raw bits,
+// so where each lane's go (total − its inclusive prefix) and how many in all are known per group
+// before coding. sh_esc: per pixel, shift | escape symbol << 8 (pixels % 16 == 0).
+void group_bit_offsets(const std::vector<std::int32_t>& sh_esc, std::vector<std::int32_t>& soff,
+                       std::vector<std::int32_t>& gtotal) {
+    const std::size_t pixels = sh_esc.size();
+    soff.assign(pixels, 0);
+    gtotal.assign(pixels / 16, 0);
+    for (std::size_t g = 0; g < pixels / 16; ++g) {
+        std::int32_t total = 0;
+        for (std::size_t k = 0; k < 16; ++k) total += sh_esc[16 * g + k] & 0xff;
+        std::int32_t before = 0;
+        for (std::size_t k = 0; k < 16; ++k) {
+            before += sh_esc[16 * g + k] & 0xff;
+            soff[16 * g + k] = total - before;
+        }
+        gtotal[g] = total;
+    }
+}
+
 template <class T>
 void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m,
                   const DenseModel& dm, std::vector<std::uint8_t>& body, T* recon) {
@@ -529,6 +549,10 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
         in.sh_esc = sh_esc.data();
         in.qmin = qmin.data();
         in.nsym = nsym.data();
+        std::vector<std::int32_t> soff, gtotal;
+        group_bit_offsets(sh_esc, soff, gtotal);
+        in.soff = soff.data();
+        in.gtotal = gtotal.data();
         in.table = table.data();
         in.enc = &enc;
         in.bits = &bits;
@@ -717,12 +741,16 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
             basq[p] = static_cast<std::int32_t>(base[p] + cm.qmin * (std::int64_t{1} << cm.shift));
             sh_esc[p] = static_cast<std::int32_t>(cm.shift | cm.esc() << 8);
         }
+        std::vector<std::int32_t> soff, gtotal;
+        group_bit_offsets(sh_esc, soff, gtotal);
         DenseSimd in;
         in.frames = frames;
         in.pixels = pixels;
         in.cbase = cbase.data();
         in.basq = basq.data();
         in.sh_esc = sh_esc.data();
+        in.soff = soff.data();
+        in.gtotal = gtotal.data();
         in.table = table.data();
         in.words = reinterpret_cast<const std::uint16_t*>(words);
         in.n_words = n_words;

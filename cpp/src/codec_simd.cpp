@@ -99,16 +99,24 @@ SE_AVX512 bool run(const DenseSimd& in) {
         const __m512i sh_esc = _mm512_loadu_si512(in.sh_esc + p);
         const __m512i shift = _mm512_and_si512(sh_esc, _mm512_set1_epi32(0xff));
         const __mmask16 is_esc = _mm512_cmpeq_epi32_mask(sym, _mm512_srli_epi32(sh_esc, 8));
-        const __m512i nb = _mm512_mask_blend_epi32(is_esc, shift, _mm512_set1_epi32(in.esc_bits));
-        int total = 0;
-        const __m512i excl = exclusive_prefix(nb, total);
+        // The bits are read from the top down: this group's are [bpos − total, bpos), lane k's at
+        // offset total − (its inclusive prefix) from the group's start. Without escapes (nearly
+        // always) the offsets and total were tabulated per group: they do not wait on the gather.
+        int total;
+        __m512i nb, off;
+        if (__builtin_expect(is_esc == 0, 1)) {
+            nb = shift;
+            total = in.gtotal[p >> 4];
+            off = _mm512_loadu_si512(in.soff + p);
+        } else {
+            nb = _mm512_mask_blend_epi32(is_esc, shift, _mm512_set1_epi32(in.esc_bits));
+            const __m512i excl = exclusive_prefix(nb, total);
+            off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
+        }
         __m512i low = _mm512_setzero_si512();
         if (total) {
-            // The bits are read from the top down: this group's are [bpos − total, bpos), lane k's
-            // at offset total − (its inclusive prefix) from the group's start.
             if (static_cast<std::uint64_t>(total) > bpos) return false;
             bpos -= static_cast<std::uint64_t>(total);
-            const __m512i off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
             if (total <= 32) {
                 // The common case (a bit or two per value): one 32-bit word, shifted per lane in
                 // 32-bit lanes (a shift by 32 gives 0, and 2^32 − 1 the mask of a 32-bit value).
@@ -228,13 +236,19 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
         qd = _mm512_mask_add_epi32(qd, over, qd, _mm512_set1_epi32(1));
         rem = _mm512_mask_sub_epi32(rem, over, rem, freq);
         x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(qd, kScaleBits), rem), cum);
-        // Raw bits: this group's go at [cursor − total, cursor), lane k at its prefix offset.
-        int total = 0;
-        const __m512i excl = exclusive_prefix(nb, total);
+        // Raw bits: this group's go at [cursor − total, cursor), written from bit 0 up, last pixel
+        // first: lane 15's bits at the group's start, lane k's at offset total − (its inclusive
+        // prefix); tabulated per group when nothing is escaped (nearly always).
+        int total;
+        __m512i off;
+        if (__builtin_expect(ok == 0xffff, 1)) {
+            total = in.gtotal[p >> 4];
+            off = _mm512_loadu_si512(in.soff + p);
+        } else {
+            const __m512i excl = exclusive_prefix(nb, total);
+            off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
+        }
         if (total) {
-            // Written from bit 0 up, last pixel first: lane 15's bits at the group's start, lane k's
-            // at offset total − (its inclusive prefix).
-            const __m512i off = _mm512_sub_epi32(_mm512_set1_epi32(total), _mm512_add_epi32(excl, nb));
             if (total <= 56) {
                 // One word holds the group's bits: each lane's value shifted to its offset, OR-ed.
                 // (No masks: every value already fits its nb bits, low bits being below the

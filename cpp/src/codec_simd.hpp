@@ -14,6 +14,9 @@ struct DenseSimd {
     // Per pixel: class index × kScale (the table row); base + qmin · 2^shift; shift | escape
     // symbol << 8.
     const std::int32_t *cbase = nullptr, *basq = nullptr, *sh_esc = nullptr;
+    // Per pixel, the offset of its raw bits in its group, and per 16-pixel group their total,
+    // when no value of the group is escaped (then each takes its shift).
+    const std::int32_t *soff = nullptr, *gtotal = nullptr;
     // Per class and slot: freq | cum << 13 | symbol << 25 (symbols < 128).
     const std::uint32_t* table = nullptr;
     const std::uint16_t* words = nullptr;
@@ -40,6 +43,7 @@ struct DenseSimdEnc {
     // Per pixel: base (int32), class index × 256, shift | escape symbol << 8, qmin, nsym.
     const std::int32_t *base = nullptr, *cls_off = nullptr, *sh_esc = nullptr, *qmin = nullptr,
                        *nsym = nullptr;
+    const std::int32_t *soff = nullptr, *gtotal = nullptr;  // as DenseSimd's
     const std::uint32_t* table = nullptr;  // per class, 256 symbols: freq | cum << 16
     RansEncoder* enc = nullptr;
     BitWriter* bits = nullptr;
