@@ -27,6 +27,7 @@
 
 #include "lz4.h"
 #include "stemedge/thread_pool.hpp"
+#include "thread_scratch.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define STEMEDGE_BSLZ4_X86 1
@@ -374,21 +375,12 @@ std::atomic<const Backend*>& current_backend() {
     return cur;
 }
 
-// Per-thread buffers: the LZ4 output of one block and the planes of its untranspose.
-struct Scratch {
-    std::vector<std::uint8_t> block, planes;
-    static std::uint8_t* ensure(std::vector<std::uint8_t>& v, std::size_t n) {
-        if (v.size() < n) v.resize(n);
-        return v.data();
-    }
-};
-
-Scratch& scratch() {
-    thread_local Scratch s;
-    return s;
-}
-
 std::string str(std::size_t v) { return std::to_string(v); }
+
+// The per-thread buffers (thread_scratch.hpp): one block's LZ4 output, and the bit planes of an
+// untranspose (shared by decode and untranspose_block).
+struct LZ4Block;
+struct UntransposePlanes;
 
 }  // namespace
 
@@ -404,8 +396,8 @@ void untranspose_block(const std::uint8_t* in, std::uint8_t* out, std::size_t n,
     if (elem_size == 0 || n % 8 != 0)
         throw std::invalid_argument(
             "untranspose_block: n must be a multiple of 8 and elem_size positive");
-    Scratch& s = scratch();
-    std::uint8_t* planes = Scratch::ensure(s.planes, n * elem_size);
+    ThreadScratch<std::vector<std::uint8_t>, UntransposePlanes> planes_buf;
+    std::uint8_t* planes = grow(*planes_buf, n * elem_size);
     current_backend().load(std::memory_order_relaxed)->fn(in, out, n, elem_size, planes);
 }
 
@@ -448,9 +440,10 @@ void decode(const std::uint8_t* src, std::size_t src_len, std::uint8_t* dst, std
         throw CorruptPayload("bitshuffle-LZ4 block of " + str(max_block) +
                              " bytes is too large for LZ4");
 
-    Scratch& s = scratch();
-    std::uint8_t* block = Scratch::ensure(s.block, max_block);
-    std::uint8_t* planes = Scratch::ensure(s.planes, max_block);
+    ThreadScratch<std::vector<std::uint8_t>, LZ4Block> block_buf;
+    ThreadScratch<std::vector<std::uint8_t>, UntransposePlanes> planes_buf;
+    std::uint8_t* block = grow(*block_buf, max_block);
+    std::uint8_t* planes = grow(*planes_buf, max_block);
     const UntransposeFn untranspose = current_backend().load(std::memory_order_relaxed)->fn;
 
     std::size_t pos = kHeaderBytes, out_pos = 0, index = 0;

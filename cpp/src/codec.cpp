@@ -1230,8 +1230,9 @@ int64_t compress_impl(const void* src, const se_params* p, void* dst, size_t cap
     if ((h.flags & (kFlagQuant | kFlagThreshold)) && dt.size == 8 && dt.is_int) return SE_ERR_LOSSY;
     if (!(h.flags & kFlagQuant)) h.err = 0;  // integers: a bound < 1 is lossless
     if (!(h.flags & kFlagThreshold)) h.threshold = 0;
-    ScratchVector<2> body_scratch;  // reused across calls (codec_rans.hpp: Scratch)
+    ThreadScratch<std::vector<std::uint8_t>, ChunkBody> body_scratch;  // reused per thread
     std::vector<std::uint8_t>& body = *body_scratch;
+    body.clear();
     std::vector<std::uint8_t> recon;
     const auto* bytes = static_cast<const std::uint8_t*>(src);
     if (h.elements > 0) {

@@ -39,7 +39,7 @@ void rans_encode(const std::vector<Op>& ops, unsigned log2_lanes, std::vector<st
 void RansEncoder::finish(std::vector<std::uint8_t>& out) {
     if (j_ != 0) throw CodecError(-1, "rANS encoder: fewer ops than announced");
     if (!in_order_) {
-        std::reverse(words_.get(), words_.get() + n_words_);
+        std::reverse(words_, words_ + n_words_);
         first_ = 0;
     }
     codec::put<std::uint8_t>(out, static_cast<std::uint8_t>(log2_lanes_));
@@ -47,7 +47,7 @@ void RansEncoder::finish(std::vector<std::uint8_t>& out) {
     for (std::uint32_t s : x_) codec::put<std::uint32_t>(out, s);
     const std::size_t n = out.size();
     out.resize(n + 2 * n_words_);
-    if (n_words_) std::memcpy(out.data() + n, words_.get() + first_, 2 * n_words_);
+    if (n_words_) std::memcpy(out.data() + n, words_ + first_, 2 * n_words_);
 }
 
 void BitWriter::write(std::vector<std::uint8_t>& out) const {

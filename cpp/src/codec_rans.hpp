@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "thread_scratch.hpp"
+
 namespace stemedge::codec {
 
 constexpr unsigned kScaleBits = 12;
@@ -30,72 +32,10 @@ struct CodecError : std::runtime_error {
     CodecError(int c, const char* what) : std::runtime_error(what), code(c) {}
 };
 
-// Buffers the encoder reuses across calls on one thread: its large temporaries (words, raw bits,
-// the body) are faulted in once per thread instead of once per chunk. Fresh pages are dear on a
-// VM: without this, glibc returned the freed blocks to the kernel after every chunk and a dense
-// encode spent a quarter of its time in page faults (docs/codec.md). A buffer is borrowed (a
-// nested borrower gets a new one) and handed back when its owner goes; above kScratchKeep bytes it
-// is freed instead, so an idle thread holds at most a few of those.
-constexpr std::size_t kScratchKeep = std::size_t{48} << 20;
-
-template <class T, int Tag>
-class Scratch {
-  public:
-    // At least n elements, contents undefined.
-    explicit Scratch(std::size_t n) {
-        Slot& s = slot();
-        if (s.buf && s.size >= n) {
-            buf_ = std::move(s.buf);
-            size_ = s.size;
-        } else {
-            buf_.reset(new T[n]);
-            size_ = n;
-        }
-    }
-    ~Scratch() {
-        Slot& s = slot();
-        if (buf_ && size_ * sizeof(T) <= kScratchKeep && size_ >= s.size) {
-            s.buf = std::move(buf_);
-            s.size = size_;
-        }
-    }
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
-    T* get() const { return buf_.get(); }
-
-  private:
-    struct Slot {
-        std::unique_ptr<T[]> buf;
-        std::size_t size = 0;
-    };
-    static Slot& slot() {
-        thread_local Slot s;
-        return s;
-    }
-    std::unique_ptr<T[]> buf_;
-    std::size_t size_ = 0;
-};
-
-// A std::vector borrowed the same way (emptied, its capacity kept): the encoder's body and the
-// growing raw-bit stream.
-template <int Tag>
-class ScratchVector {
-  public:
-    ScratchVector() : v_(std::move(slot())) { v_.clear(); }
-    ~ScratchVector() {
-        if (v_.capacity() <= kScratchKeep && v_.capacity() >= slot().capacity()) slot() = std::move(v_);
-    }
-    ScratchVector(const ScratchVector&) = delete;
-    ScratchVector& operator=(const ScratchVector&) = delete;
-    std::vector<std::uint8_t>& operator*() { return v_; }
-
-  private:
-    static std::vector<std::uint8_t>& slot() {
-        thread_local std::vector<std::uint8_t> v;
-        return v;
-    }
-    std::vector<std::uint8_t> v_;
-};
+// Tags of the encoder's per-thread buffers (thread_scratch.hpp): rANS words, raw bits, the body.
+struct RansWords;
+struct RawBitStream;
+struct ChunkBody;
 
 // Encodes ops[0..n) (in decoding order) into: log2(lanes) u8, n_words u64, states u32 × lanes,
 // words u16 × n_words. The ops are coded in reverse, so the decoder runs forward.
@@ -118,14 +58,15 @@ class RansEncoder {
   public:
     // Every op emits at most one word: the buffer is sized once and written without branches.
     RansEncoder(unsigned log2_lanes, std::uint64_t n_ops)
-        : x_(std::size_t{1} << log2_lanes, kRansL), words_(n_ops + 32),
+        : x_(std::size_t{1} << log2_lanes, kRansL),
+          words_(reinterpret_cast<std::uint16_t*>(words_buf_->ensure(2 * (n_ops + 32)))),
           mask_((1u << log2_lanes) - 1),
           log2_lanes_(log2_lanes), j_(n_ops), n_ops_(n_ops) {}
 
     void put(const EncSym& s) {
         std::uint32_t& x = next();
         const std::uint32_t emit = x >= s.x_max;
-        words_.get()[n_words_] = static_cast<std::uint16_t>(x & 0xffff);
+        words_[n_words_] = static_cast<std::uint16_t>(x & 0xffff);
         n_words_ += emit;
         x >>= emit << 4;  // arithmetic, not a branch: emitting is unpredictable
         x = ((x / s.freq) << kScaleBits) + (x % s.freq) + s.cum;
@@ -141,7 +82,8 @@ class RansEncoder {
         return x_[j_ & mask_];
     }
     std::vector<std::uint32_t> x_;
-    Scratch<std::uint16_t, 0> words_;  // not zeroed: only the emitted words are read
+    ThreadScratch<RawBytes, RansWords> words_buf_;  // reused per thread (thread_scratch.hpp)
+    std::uint16_t* words_;  // n_ops + 32 words, not zeroed: only the emitted words are read
     std::uint64_t n_words_ = 0;
     // put() appends words in emission order, reversed by finish(). The vector encoder instead
     // fills words_ from the end down, already in decoding order: words_[first_, first_ + n_words_).
@@ -242,7 +184,7 @@ class BitWriter {
 
   private:
     std::uint64_t nbits_;
-    ScratchVector<1> scratch_;
+    ThreadScratch<std::vector<std::uint8_t>, RawBitStream> scratch_;  // reused per thread
     std::vector<std::uint8_t>& buf_ = *scratch_;
 };
 

@@ -182,7 +182,7 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
     // registers swapped each step: indexing an array of two would go through memory).
     __m512i x = _mm512_loadu_si512(enc.x_.data() + 16 * ((n_ops / 16 - 1) & 1));
     __m512i xo = _mm512_loadu_si512(enc.x_.data() + 16 * ((n_ops / 16) & 1));
-    std::uint16_t* words = enc.words_.get();
+    std::uint16_t* words = enc.words_;
     const std::uint64_t end = n_ops + 32;  // the buffer's size (RansEncoder)
     std::uint64_t top = end;
     std::uint64_t cursor = *in.cursor;
