@@ -346,9 +346,6 @@ void dense_tables(std::vector<std::vector<std::uint64_t>>& hist, std::uint64_t k
     dm.bits += 8.0 * static_cast<double>(dm.maps.size());
 }
 
-// The AVX-512 paths are on unless switched off (se_set_simd, for tests and comparisons).
-std::atomic<bool> g_simd{true};
-
 template <class T>
 DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, const Mapper<T>& m) {
     DenseModel dm;
@@ -356,30 +353,31 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
     std::vector<std::uint32_t> n(pixels, 0);
     const DenseSampling sampling = dense_sampling_impl(frames, pixels);
     const std::uint64_t k1 = sampling.moment_step;
+    const bool lossless_int = std::is_integral<T>::value && m.kind == 0 && m.threshold == 0;
     // 8/16-bit lossless integers take the AVX-512 passes where the CPU has them (same sums, same
     // bins); the loops below are their reference.
-    bool simd = std::is_integral<T>::value && sizeof(T) <= 2 && m.kind == 0 && m.threshold == 0 &&
-                g_simd.load() && dense_decode_simd_available();
-    DenseMomentsSimd mom;
-    mom.frames = frames;
-    mom.pixels = pixels;
-    mom.step = k1;
-    mom.src = x;
-    mom.elem_bytes = static_cast<int>(sizeof(T));
-    mom.is_signed = std::is_signed<T>::value;
-    mom.s1 = s1.data();
-    mom.s2 = s2.data();
-    simd = simd && dense_moments_simd(mom);
-    if (simd) {
-        std::fill(n.begin(), n.end(), static_cast<std::uint32_t>((frames + k1 - 1) / k1));
-    } else if (std::is_integral<T>::value && m.kind == 0 && m.threshold == 0) {
-        // Lossless integers: every value is itself; plain loops that vectorise.
-        for (std::uint64_t f = 0; f < frames; f += k1) {
-            const T* row = x + f * pixels;
-            for (std::uint64_t p = 0; p < pixels; ++p) {
-                const double d = static_cast<double>(row[p]);
-                s1[p] += d;
-                s2[p] += d * d;
+    bool simd = false;
+    if (lossless_int) {
+        if (sizeof(T) <= 2 && g_simd.load()) {
+            DenseMomentsSimd mom;
+            mom.frames = frames;
+            mom.pixels = pixels;
+            mom.step = k1;
+            mom.src = x;
+            mom.elem_bytes = static_cast<int>(sizeof(T));
+            mom.is_signed = std::is_signed<T>::value;
+            mom.s1 = s1.data();
+            mom.s2 = s2.data();
+            simd = dense_moments_simd(mom);  // false: no AVX-512 here
+        }
+        if (!simd) {  // every value is itself; plain loops that vectorise
+            for (std::uint64_t f = 0; f < frames; f += k1) {
+                const T* row = x + f * pixels;
+                for (std::uint64_t p = 0; p < pixels; ++p) {
+                    const double d = static_cast<double>(row[p]);
+                    s1[p] += d;
+                    s2[p] += d * d;
+                }
             }
         }
         std::fill(n.begin(), n.end(), static_cast<std::uint32_t>((frames + k1 - 1) / k1));
@@ -406,26 +404,22 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
     std::vector<unsigned> shift(n_used);
     for (std::size_t k = 0; k < n_used; ++k) shift[k] = class_shift(dm.used[k]);
     std::vector<std::uint32_t> off(pixels);  // per pixel: its histogram + window centre
-    std::vector<std::uint8_t> psh(pixels);
+    std::vector<std::int32_t> psh(pixels);  // per pixel: its class's shift
     for (std::uint64_t p = 0; p < pixels; ++p) {
         const std::size_t k = static_cast<std::size_t>(dm.slot_of_class[dm.cls[p]]);
         off[p] = static_cast<std::uint32_t>(((p & 3) * n_used + k) * stride);
-        psh[p] = static_cast<std::uint8_t>(shift[k]);
+        psh[p] = static_cast<std::int32_t>(shift[k]);
     }
     const std::uint64_t k_frames = sampling.hist_step;
     if (simd) {  // each row's bins computed 16 at a time, then counted
-        std::vector<std::int32_t> base32(pixels), sh32(pixels);
-        for (std::uint64_t p = 0; p < pixels; ++p) {
-            base32[p] = static_cast<std::int32_t>(dm.base[p]);
-            sh32[p] = psh[p];
-        }
+        std::vector<std::int32_t> base32(dm.base.begin(), dm.base.end());  // 8/16-bit: fits
         DenseBinsSimd bins_in;
         bins_in.pixels = pixels;
         bins_in.elem_bytes = static_cast<int>(sizeof(T));
         bins_in.is_signed = std::is_signed<T>::value;
         bins_in.window = static_cast<int>(kWindow);
         bins_in.base = base32.data();
-        bins_in.shift = sh32.data();
+        bins_in.shift = psh.data();
         bins_in.off = off.data();
         std::vector<std::uint32_t> bins(pixels);
         std::uint32_t* h = hist4.data();
@@ -1517,10 +1511,7 @@ int64_t se_decompress(const void* blob, size_t blob_nbytes, void* dst, size_t ds
     }
 }
 
-void se_set_simd(int enabled) {
-    stemedge::codec::g_simd.store(enabled != 0);
-    stemedge::codec::crc32c_use_simd(enabled != 0);
-}
+void se_set_simd(int enabled) { stemedge::codec::g_simd.store(enabled != 0); }
 
 uint32_t se_crc32c(const void* data, size_t nbytes) {
     return stemedge::codec::crc32c(data, nbytes);

@@ -391,9 +391,7 @@ SE_VPCLMUL std::uint32_t crc_vpclmul(
 
 }  // namespace
 
-std::atomic<bool> g_crc_simd{true};
-
-void crc32c_use_simd(bool on) { g_crc_simd.store(on); }
+std::atomic<bool> g_simd{true};
 
 std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
     const auto* p = static_cast<const std::uint8_t*>(data);
@@ -402,7 +400,7 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
     static const bool hw = __builtin_cpu_supports("sse4.2");
     static const bool vp = hw && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                            __builtin_cpu_supports("vpclmulqdq");
-    crc = vp && g_crc_simd.load(std::memory_order_relaxed) ? crc_vpclmul(p, n, crc) : hw ? crc_hw3(p, n, crc) : crc_soft(p, n, crc);
+    crc = vp && g_simd.load(std::memory_order_relaxed) ? crc_vpclmul(p, n, crc) : hw ? crc_hw3(p, n, crc) : crc_soft(p, n, crc);
 #else
     crc = crc_soft(p, n, crc);
 #endif

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <cstring>
 #include <stdexcept>
@@ -242,7 +243,9 @@ inline void put(std::vector<std::uint8_t>& out, T v) {
 // CRC-32C (Castagnoli): carry-less folding where the CPU has AVX-512 VPCLMULQDQ, else three
 // chains of the SSE4.2 instruction, else tables.
 std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0);
-// Off: skip the VPCLMULQDQ path (se_set_simd; tests hold every path to the same answers).
-void crc32c_use_simd(bool on);
+
+// The vector paths (AVX-512 coders and model passes, VPCLMULQDQ checksum) are on unless switched
+// off (se_set_simd, for tests and comparisons: every path gives the same bytes).
+extern std::atomic<bool> g_simd;
 
 }  // namespace stemedge::codec

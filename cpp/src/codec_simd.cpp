@@ -159,16 +159,20 @@ SE_AVX512 bool run(const DenseSimd& in) {
     return true;
 }
 
-SE_AVX512 inline __m512i load_values(const void* src, std::uint64_t i, int elem_bytes, bool is_signed) {
+// Values i … i + n − 1 (n ≤ 16) as int32 lanes, the lanes from n on zero (masked loads: nothing
+// beyond the n values is read).
+SE_AVX512 inline __m512i load_values(const void* src, std::uint64_t i, int elem_bytes, bool is_signed,
+                                     unsigned n = 16) {
+    const __mmask16 m = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
     if (elem_bytes == 1) {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint8_t*>(src) + i));
+        const __m128i v = _mm_maskz_loadu_epi8(m, static_cast<const std::uint8_t*>(src) + i);
         return is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
     }
     if (elem_bytes == 2) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const std::uint16_t*>(src) + i));
+        const __m256i v = _mm256_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(src) + i);
         return is_signed ? _mm512_cvtepi16_epi32(v) : _mm512_cvtepu16_epi32(v);
     }
-    return _mm512_loadu_si512(static_cast<const std::uint32_t*>(src) + i);
+    return _mm512_maskz_loadu_epi32(m, static_cast<const std::uint32_t*>(src) + i);
 }
 
 SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
@@ -285,18 +289,6 @@ SE_AVX512 bool run_encode(const DenseSimdEnc& in) {
     return true;
 }
 
-// Values 0..n (n ≤ 16) of a row as int32 lanes; lanes ≥ n are 0.
-SE_AVX512 inline __m512i load_values_masked(const void* row, std::uint64_t j, unsigned n, int elem_bytes,
-                                            bool is_signed) {
-    const __mmask16 m = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
-    if (elem_bytes == 1) {
-        const __m128i v = _mm_maskz_loadu_epi8(m, static_cast<const std::uint8_t*>(row) + j);
-        return is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
-    }
-    const __m256i v = _mm256_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(row) + j);
-    return is_signed ? _mm512_cvtepi16_epi32(v) : _mm512_cvtepu16_epi32(v);
-}
-
 SE_AVX512 void run_moments(const DenseMomentsSimd& in) {
     // Blocks of pixels whose sums stay in L1 while the sampled frames go by; each pixel still adds
     // its frames in order.
@@ -308,7 +300,7 @@ SE_AVX512 void run_moments(const DenseMomentsSimd& in) {
             const void* row = static_cast<const std::uint8_t*>(in.src) + (f * P + p0) * static_cast<std::uint64_t>(in.elem_bytes);
             for (std::uint64_t j = 0; j < n; j += 16) {
                 const unsigned k = static_cast<unsigned>(std::min<std::uint64_t>(16, n - j));
-                const __m512i v = load_values_masked(row, j, k, in.elem_bytes, in.is_signed);
+                const __m512i v = load_values(row, j, in.elem_bytes, in.is_signed, k);
                 const __mmask8 mlo = static_cast<__mmask8>(k >= 8 ? 0xff : (1u << k) - 1);
                 const __mmask8 mhi = static_cast<__mmask8>(k >= 16 ? 0xff : k > 8 ? (1u << (k - 8)) - 1 : 0);
                 const __m512d dlo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
@@ -331,7 +323,7 @@ SE_AVX512 void run_bins(const DenseBinsSimd& in, const void* row, std::uint32_t*
     for (std::uint64_t j = 0; j < in.pixels; j += 16) {
         const unsigned k = static_cast<unsigned>(std::min<std::uint64_t>(16, in.pixels - j));
         const __mmask16 m = k >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << k) - 1);
-        const __m512i v = load_values_masked(row, j, k, in.elem_bytes, in.is_signed);
+        const __m512i v = load_values(row, j, in.elem_bytes, in.is_signed, k);
         const __m512i q = _mm512_srav_epi32(_mm512_sub_epi32(v, _mm512_maskz_loadu_epi32(m, in.base + j)),
                                             _mm512_maskz_loadu_epi32(m, in.shift + j));
         const __m512i i = _mm512_add_epi32(q, window);
