@@ -159,11 +159,14 @@ SE_AVX512 bool run(const DenseSimd& in) {
     return true;
 }
 
+// The first n (≤ 16) of 16 lanes.
+inline __mmask16 first_lanes(unsigned n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1); }
+
 // Values i … i + n − 1 (n ≤ 16) as int32 lanes, the lanes from n on zero (masked loads: nothing
 // beyond the n values is read).
 SE_AVX512 inline __m512i load_values(const void* src, std::uint64_t i, int elem_bytes, bool is_signed,
                                      unsigned n = 16) {
-    const __mmask16 m = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 m = first_lanes(n);
     if (elem_bytes == 1) {
         const __m128i v = _mm_maskz_loadu_epi8(m, static_cast<const std::uint8_t*>(src) + i);
         return is_signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
@@ -301,8 +304,7 @@ SE_AVX512 void run_moments(const DenseMomentsSimd& in) {
             for (std::uint64_t j = 0; j < n; j += 16) {
                 const unsigned k = static_cast<unsigned>(std::min<std::uint64_t>(16, n - j));
                 const __m512i v = load_values(row, j, in.elem_bytes, in.is_signed, k);
-                const __mmask8 mlo = static_cast<__mmask8>(k >= 8 ? 0xff : (1u << k) - 1);
-                const __mmask8 mhi = static_cast<__mmask8>(k >= 16 ? 0xff : k > 8 ? (1u << (k - 8)) - 1 : 0);
+                const __mmask8 mlo = static_cast<__mmask8>(first_lanes(k)), mhi = static_cast<__mmask8>(first_lanes(k) >> 8);
                 const __m512d dlo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
                 const __m512d dhi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1));
                 double* a1 = in.s1 + p0 + j;
@@ -322,7 +324,7 @@ SE_AVX512 void run_bins(const DenseBinsSimd& in, const void* row, std::uint32_t*
     const __m512i overflow = _mm512_set1_epi32(2 * in.window + 1);
     for (std::uint64_t j = 0; j < in.pixels; j += 16) {
         const unsigned k = static_cast<unsigned>(std::min<std::uint64_t>(16, in.pixels - j));
-        const __mmask16 m = k >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << k) - 1);
+        const __mmask16 m = first_lanes(k);
         const __m512i v = load_values(row, j, in.elem_bytes, in.is_signed, k);
         const __m512i q = _mm512_srav_epi32(_mm512_sub_epi32(v, _mm512_maskz_loadu_epi32(m, in.base + j)),
                                             _mm512_maskz_loadu_epi32(m, in.shift + j));
