@@ -20,7 +20,13 @@ Strategies at the same budget, each seed the same scene and noise model:
 - **sparse-ivr**, **sparse-maxvar**: the sparse-scan variant, a GP over (y, x) on a 32×32 grid
   of positions, with IVR or max-variance acquisition: mapping without the survey;
 - **random**: uniformly random candidates;
-- **raster**: a regular grid over the candidates, measured in raster order.
+- **raster**: a regular grid over the candidates, measured in raster order;
+- two designs that no loop can use, for the ceiling of placement (is a map error at n points
+  set by where the points are, or by what the survey says?):
+  - **ivr-oracle**: greedy integrated variance reduction with the GP hyperparameters fitted to
+    400 random measurements (known before measuring anything), over every candidate;
+  - **kmeans**: the candidates nearest the centres of n k-means clusters of the features (a
+    representative sample of the survey's local structures, one per cluster).
 
 Metrics (the "found" level is 95 % of the truth's range above its minimum):
 
@@ -31,7 +37,9 @@ Metrics (the "found" level is 95 % of the truth's range above its minimum):
   all candidates, RMS error / the truth's range; after the whole budget N and after N/2 (the
   first half of the same run; for raster, a grid of N/2), and its floor: the same model fitted
   to 400 random measurements. Medians over seeds, and per seed against raster ("wins": seeds
-  where the strategy's NRMSE is lower than raster's at the same count);
+  where the strategy's NRMSE is lower than raster's at the same count); and the same at N/4,
+  N/2, 3N/4 and N (for raster and the designs: a design of that many points), the curve of
+  the map's error with the number of measurements;
 - NRMSE (y,x): the same points interpolated by a GP on position alone.
 
 Then the decision time of one step (fit + predict over 12.8k candidates + acquisition) around
@@ -42,6 +50,7 @@ searches included where they fall). Target: ≤ 0.2 s at 200 points.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -100,14 +109,78 @@ def space_nrmse(positions_A: np.ndarray, values: np.ndarray, cands, truth: np.nd
     return float(np.sqrt(np.mean((smean - truth) ** 2)) / np.ptp(truth))
 
 
+def checkpoints(budget: int) -> tuple[int, ...]:
+    """The counts the map error is measured at: N/4, N/2, 3N/4 and N."""
+    return tuple(sorted({max(budget * k // 4, 1) for k in (1, 2, 3, 4)}))
+
+
 def metrics(order: np.ndarray, values: np.ndarray, cands, truth: np.ndarray, budget: int):
-    half = budget // 2
+    curve = {n: feature_nrmse(order[:n], values[:n], cands, truth) for n in checkpoints(budget)}
     return {
         **finding(truth[order], truth, budget),
-        "nrmse": feature_nrmse(order, values, cands, truth),
-        "nrmse_half": feature_nrmse(order[:half], values[:half], cands, truth),
+        "curve": curve,
+        "nrmse": curve[budget],
+        "nrmse_half": curve[budget // 2],
         "nrmse_space": space_nrmse(cands.positions_A[order], values, cands, truth),
     }
+
+
+def design_metrics(scope, cands, truth: np.ndarray, budget: int, design) -> dict:
+    """Metrics of a design that is not nested (``design(n)`` for n points): the map error at
+    each checkpoint from a design of that many points (``design(cands, n)``), the rest from
+    the design of N."""
+    order = design(cands, budget)
+    m = metrics(order, measure(scope, cands, order), cands, truth, budget)
+    for n in checkpoints(budget)[:-1]:
+        part = design(cands, n)
+        m["curve"][n] = feature_nrmse(part, measure(scope, cands, part), cands, truth)
+    m["nrmse_half"] = m["curve"][budget // 2]
+    return m
+
+
+def ivr_oracle_order(cands, state: dict, n: int) -> np.ndarray:
+    """Greedy integrated variance reduction over every candidate (1,024 random ones as the
+    reference), with fixed GP hyperparameters ``state`` (``GPModel.state()``, fitted to many
+    measurements): what IVR would pick if it knew the kernel before measuring. Nested: its
+    first k points are its design of k."""
+    f = cands.features
+    amp, ell, noise = state["amplitude"], state["length_scale"], state["noise"]
+
+    def k(a, b):
+        d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * (a @ b.T)
+        return amp * np.exp(np.maximum(d2, 0.0) * (-0.5 / ell**2))
+
+    ref = f[np.random.default_rng(0).choice(len(f), min(1024, len(f)), replace=False)]
+    k_ref = k(ref, f)
+    chosen: list[int] = []
+    for _ in range(n):
+        if chosen:
+            xs = f[chosen]
+            a_inv = np.linalg.inv(k(xs, xs) + noise * np.eye(len(chosen)))
+            k_xc = k(xs, f)
+            w = a_inv @ k_xc
+            cov = k_ref - k(ref, xs) @ w  # posterior covariance, reference × candidates
+            var = amp - np.einsum("ij,ij->j", k_xc, w)
+        else:
+            cov, var = k_ref, np.full(len(f), amp)
+        gain = (cov**2).sum(0) / (var + noise)
+        gain[chosen] = -np.inf
+        chosen.append(int(np.argmax(gain)))
+    return np.asarray(chosen)
+
+
+def kmeans_order(cands, n: int, seed: int) -> np.ndarray:
+    """The candidate nearest each centre of n k-means clusters of the features."""
+    from scipy.cluster.vq import kmeans2
+
+    f = cands.features
+    centres, label = kmeans2(f, n, seed=seed, minit="++", iter=30)
+    out = []
+    for j in range(n):
+        members = np.nonzero(label == j)[0]
+        if len(members):
+            out.append(members[np.argmin(((f[members] - centres[j]) ** 2).sum(1))])
+    return np.asarray(out)
 
 
 def sparse_metrics(res, scope, cands, truth: np.ndarray, budget: int) -> dict:
@@ -115,7 +188,8 @@ def sparse_metrics(res, scope, cands, truth: np.ndarray, budget: int) -> dict:
     pos, values = res.measured.positions_A, res.measured.values
     return {
         **finding(scope.plasmon_eV(pos), truth, budget),
-        "nrmse": float("nan"),  # no survey features: the (y, x) map is its map
+        "curve": {},  # no survey features: the (y, x) map is its map
+        "nrmse": float("nan"),
         "nrmse_half": float("nan"),
         "nrmse_space": space_nrmse(pos, values, cands, truth),
     }
@@ -219,6 +293,32 @@ def table(rows: dict[str, list[dict]], budget: int, floor: list[float]) -> None:
         " wins: seeds with a lower NRMSE than raster's; NRMSE (y,x): GP on position alone, as a\n"
         " sparse scan would interpolate the points)"
     )
+    counts = checkpoints(budget)
+    print("\nmap error with the number of measurements: median NRMSE (wins against raster)")
+    print(f"{'strategy':<13}" + "".join(f"{'n = ' + str(n):>15}" for n in counts))
+    for name, r in rows.items():
+        if not r[0]["curve"]:
+            continue
+        cells = []
+        for n in counts:
+            mine = [x["curve"][n] for x in r]
+            theirs = [x["curve"][n] for x in ref]
+            wins = sum(a < b for a, b in zip(mine, theirs, strict=True))
+            cells.append(f"{statistics.median(mine):.3f} ({wins}/{len(r)})")
+        print(f"{name:<13}" + "".join(f"{c:>15}" for c in cells))
+
+
+LOOPS = (  # (row, acquisition, model): the steering loops on survey features
+    ("steer", "ucb", None),
+    ("steer-dkl", "ucb", "dkl"),
+    ("qlognei", "qlognei", None),
+    ("both", "ucb+ivr", None),
+    ("find>map", "ucb>ivr", None),
+    ("map", "ivr", None),
+    ("maxvar", "maxvar", None),
+)
+SPARSE = (("sparse-ivr", "ivr"), ("sparse-maxvar", "maxvar"))
+DESIGNS = ("random", "raster", "ivr-oracle", "kmeans")
 
 
 def main() -> None:
@@ -232,40 +332,18 @@ def main() -> None:
     ap.add_argument("--timing-only", action="store_true", help="only the decision times")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; budget {args.budget}; seeds {args.seeds}")
-    names = (
-        "steer",
-        "both",
-        "find>map",
-        "map",
-        "maxvar",
-        "sparse-ivr",
-        "sparse-maxvar",
-        "random",
-        "raster",
-    )
-    if args.dkl:
-        names = ("steer", "steer-dkl", *names[1:])
-    if args.botorch:
-        names = ("steer", "qlognei", *names[1:])
+    skip = {"steer-dkl"} - ({"steer-dkl"} if args.dkl else set())
+    skip |= set() if args.botorch else {"qlognei"}
+    loops = [loop for loop in LOOPS if loop[0] not in skip]
+    names = [name for name, *_ in loops] + [name for name, _ in SPARSE] + list(DESIGNS)
     rows: dict[str, list[dict]] = {k: [] for k in names}
     floor: list[float] = []
     for seed in range(0 if args.timing_only else args.seeds):
         scope, _, cands, truth = scene(seed)
-        loops = (
-            ("steer", "ucb"),
-            ("both", "ucb+ivr"),
-            ("find>map", "ucb>ivr"),
-            ("map", "ivr"),
-            ("maxvar", "maxvar"),
-        )
-        if args.dkl:
-            loops = (loops[0], ("steer-dkl", "ucb"), *loops[1:])
-        if args.botorch:
-            loops = (loops[0], ("qlognei", "qlognei"), *loops[1:])
-        for name, acq in loops:
+        for name, acq, kind in loops:
             scope = SimulatedMicroscope(scope.sample, dose_per_ms=2e4, seed=seed)
             model = None
-            if name == "steer-dkl":
+            if kind == "dkl":
                 from stemedge.steer.dkl import DKLModel
 
                 model = DKLModel(seed=seed)
@@ -275,7 +353,7 @@ def main() -> None:
             m = metrics(res.measured.candidate, res.measured.values, cands, truth, args.budget)
             m["decide_s"] = float(np.median(res.step_times()))
             rows[name].append(m)
-        for name, acq in (("sparse-ivr", "ivr"), ("sparse-maxvar", "maxvar")):
+        for name, acq in SPARSE:
             scope = SimulatedMicroscope(scope.sample, dose_per_ms=2e4, seed=seed)
             res = SteeringLoop(
                 scope,
@@ -287,25 +365,33 @@ def main() -> None:
             ).run()
             rows[name].append(sparse_metrics(res, scope, cands, truth, args.budget))
         rng = np.random.default_rng(seed)
-        for name, order in (
-            ("random", rng.choice(len(cands), args.budget, replace=False)),
-            ("raster", raster_order(cands, args.budget)),
-        ):
-            rows[name].append(
-                metrics(order, measure(scope, cands, order), cands, truth, args.budget)
-            )
-        half = raster_order(cands, args.budget // 2)  # a grid of N/2, not the first rows of N
-        rows["raster"][-1]["nrmse_half"] = feature_nrmse(
-            half, measure(scope, cands, half), cands, truth
+        order = rng.choice(len(cands), args.budget, replace=False)
+        rows["random"].append(
+            metrics(order, measure(scope, cands, order), cands, truth, args.budget)
         )
+        # raster: a grid of n at each count n, not the first rows of the grid of N
+        rows["raster"].append(design_metrics(scope, cands, truth, args.budget, raster_order))
         many = rng.choice(len(cands), 400, replace=False)
-        floor.append(feature_nrmse(many, measure(scope, cands, many), cands, truth))
+        values = measure(scope, cands, many)
+        floor.append(feature_nrmse(many, values, cands, truth))
+        known = GPModel(seed=0)
+        known.fit(cands.features[many[np.isfinite(values)]], values[np.isfinite(values)])
+        order = ivr_oracle_order(cands, known.state(), args.budget)
+        rows["ivr-oracle"].append(
+            metrics(order, measure(scope, cands, order), cands, truth, args.budget)
+        )
+        rows["kmeans"].append(
+            design_metrics(
+                scope, cands, truth, args.budget, functools.partial(kmeans_order, seed=seed)
+            )
+        )
         print(
             f"seed {seed}: to 95 % "
             + ", ".join(f"{k} {v[-1]['to95']}" for k, v in rows.items())
             + "; NRMSE "
             + ", ".join(f"{k} {v[-1]['nrmse']:.3f}" for k, v in rows.items())
-            + f"; floor {floor[-1]:.3f}"
+            + f"; floor {floor[-1]:.3f}",
+            flush=True,
         )
     if not args.timing_only:
         table(rows, args.budget, floor)

@@ -268,6 +268,21 @@ def test_find_then_map_switches_once_the_search_stalls(scene):
     assert runs and runs[0] == switch, (best, switch)
 
 
+def test_a_phased_run_resumes_only_with_its_patience(scene, tmp_path):
+    """Patience decides where the next phase starts, so a "a>b" record refuses another; a
+    one-phase record does not care."""
+    scope, record = _scope(scene), tmp_path / "steer.emd"
+    _loop(scope, acquisition="ucb>ivr", patience=2, budget=8, record=record).run()
+    with pytest.raises(ValueError, match="patience=2"):
+        _loop(scope, acquisition="ucb>ivr", patience=3, budget=10, record=record).run(resume=True)
+    res = _loop(scope, acquisition="ucb>ivr", patience=2, budget=10, record=record).run(resume=True)
+    assert len(res.measured.values) == 10
+    plain = tmp_path / "plain.emd"
+    _loop(scope, budget=8, record=plain).run()
+    res = _loop(scope, budget=10, patience=5, record=plain).run(resume=True)
+    assert len(res.measured.values) == 10
+
+
 def test_sparse_scan_maps_the_property_with_its_uncertainty(scene):
     scope = _scope(scene)
     res = _loop(scope, sparse_grid=(24, 24), acquisition="maxvar", budget=60, n_init=6).run()
