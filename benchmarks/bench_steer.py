@@ -126,9 +126,9 @@ def metrics(order: np.ndarray, values: np.ndarray, cands, truth: np.ndarray, bud
 
 
 def design_metrics(scope, cands, truth: np.ndarray, budget: int, design) -> dict:
-    """Metrics of a design that is not nested (``design(n)`` for n points): the map error at
-    each checkpoint from a design of that many points (``design(cands, n)``), the rest from
-    the design of N."""
+    """Metrics of a design that is not nested, ``design(cands, n)`` for n points: the map
+    error at each checkpoint from a design of that many points, the rest from the design of
+    N."""
     order = design(cands, budget)
     m = metrics(order, measure(scope, cands, order), cands, truth, budget)
     for n in checkpoints(budget)[:-1]:
