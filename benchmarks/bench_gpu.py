@@ -39,6 +39,8 @@ import traceback
 
 import numpy as np
 
+from _timing import median_time
+
 
 def _cp():
     import cupy
@@ -240,18 +242,9 @@ def codec_section(args) -> dict:
     frames = rng.poisson(rng.uniform(50, 200, (256, 256)), (n, 256, 256)).astype(np.uint16)
     blob = stemedge.compress(frames, chunk_frames=64)
     assert np.array_equal(gpu_codec.decompress(blob).get(), frames)
-    reps = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        stemedge.decompress(blob)
-        reps.append(time.perf_counter() - t0)
-    cpu_gbs = frames.nbytes / statistics.median(reps) / 1e9
-    reps = []
-    for _ in range(args.repeats):  # host parsing + upload + decode + status read back
-        t0 = time.perf_counter()
-        gpu_codec.decompress(blob)
-        reps.append(time.perf_counter() - t0)
-    gpu_gbs = frames.nbytes / statistics.median(reps) / 1e9
+    cpu_gbs = frames.nbytes / median_time(lambda: stemedge.decompress(blob), args.repeats) / 1e9
+    # host parsing + upload + decode + status read back
+    gpu_gbs = frames.nbytes / median_time(lambda: gpu_codec.decompress(blob), args.repeats) / 1e9
     print(f"\n[codec] {n} frames 256² uint16, 50–200 counts/px, {len(blob) / 1e6:.1f} MB "
           f"compressed in {n // 64} chunks")  # fmt: skip
     print(f"  GPU decode (host parse + upload + kernel): {gpu_gbs:6.2f} GB/s of raw data")
@@ -260,18 +253,11 @@ def codec_section(args) -> dict:
     on_device = _cp().asarray(frames)
     cpu_blob = stemedge.compress(frames, mode="dense", chunk_frames=64)
     assert stemedge.compress(on_device, chunk_frames=64) == cpu_blob
-    reps = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        stemedge.compress(frames, mode="dense", chunk_frames=64)
-        reps.append(time.perf_counter() - t0)
-    cpu_enc = frames.nbytes / statistics.median(reps) / 1e9
-    reps = []
-    for _ in range(args.repeats):  # stages + model on the host + compressed bytes back
-        t0 = time.perf_counter()
-        stemedge.compress(on_device, chunk_frames=64)
-        reps.append(time.perf_counter() - t0)
-    gpu_enc = frames.nbytes / statistics.median(reps) / 1e9
+    t = median_time(lambda: stemedge.compress(frames, mode="dense", chunk_frames=64), args.repeats)
+    cpu_enc = frames.nbytes / t / 1e9
+    # stages + model on the host + compressed bytes back
+    t = median_time(lambda: stemedge.compress(on_device, chunk_frames=64), args.repeats)
+    gpu_enc = frames.nbytes / t / 1e9
     print(f"  GPU encode (device-resident frames -> bytes on the host): {gpu_enc:6.2f} GB/s")
     print(f"  CPU encode (all cores, mode='dense'):                      {cpu_enc:6.2f} GB/s")
     return {"gpu_decode_GBps": gpu_gbs, "cpu_decode_GBps": cpu_gbs, "chunks": n // 64,

@@ -40,6 +40,21 @@ stemedge::cuda::ssb::Params ssb_params(double k_alpha, double wavelength,
 
 using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
+// A host-twin call's record (DenseChunk, EncodeChunk) from its bytes, refused unless whole.
+template <class R>
+R record_from(const py::bytes& record, const char* refusal) {
+    const std::string r = record;
+    if (r.size() != sizeof(R)) throw py::value_error(refusal);
+    R c;
+    std::memcpy(&c, r.data(), sizeof c);
+    return c;
+}
+
+stemedge::cuda::EncodeStage encode_stage(int stage, const char* refusal) {
+    if (stage < 0 || stage > 3) throw py::value_error(refusal);
+    return static_cast<stemedge::cuda::EncodeStage>(stage);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -157,7 +172,6 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("wavelength"), py::arg("aberrations"), py::arg("cutoff") = 1,
         py::arg("normalization") = "flat");
 
-    m.attr("DENSE_CHUNK_BYTES") = static_cast<int>(sizeof(stemedge::cuda::codec::DenseChunk));
     m.def(
         "codec_decode_dense",
         [](std::uintptr_t chunks, long long n_chunks, std::uintptr_t status, std::uintptr_t stream) {
@@ -172,11 +186,8 @@ PYBIND11_MODULE(_cuda, m) {
     m.def(
         "codec_decode_host",
         [](const py::bytes& record) {
-            const std::string r = record;
-            if (r.size() != sizeof(stemedge::cuda::codec::DenseChunk))
-                throw py::value_error("codec_decode_host: one DenseChunk record expected");
-            stemedge::cuda::codec::DenseChunk c;
-            std::memcpy(&c, r.data(), sizeof c);
+            const auto c = record_from<stemedge::cuda::codec::DenseChunk>(
+                record, "codec_decode_host: one DenseChunk record expected");
             py::gil_scoped_release release;
             return stemedge::cuda::dense_decode_host(c);
         },
@@ -184,15 +195,14 @@ PYBIND11_MODULE(_cuda, m) {
         "without a GPU: returns the status (0: decoded exactly).",
         py::arg("record"));
 
-    m.attr("ENCODE_CHUNK_BYTES") = static_cast<int>(sizeof(stemedge::cuda::codec::EncodeChunk));
     m.def(
         "codec_encode_dense",
         [](int stage, std::uintptr_t chunks, long long n_chunks, std::uint64_t max_pixels,
            std::uint64_t max_raw_bytes, std::uintptr_t stream) {
-            if (stage < 0 || stage > 3) throw py::value_error("codec_encode_dense: stage 0..3");
+            const auto s = encode_stage(stage, "codec_encode_dense: stage 0..3");
             py::gil_scoped_release release;
             stemedge::cuda::dense_encode_device(
-                static_cast<stemedge::cuda::EncodeStage>(stage),
+                s,
                 reinterpret_cast<stemedge::cuda::codec::EncodeChunk*>(chunks), n_chunks, max_pixels,
                 max_raw_bytes, reinterpret_cast<cudaStream_t>(stream));
         },
@@ -203,15 +213,12 @@ PYBIND11_MODULE(_cuda, m) {
     m.def(
         "codec_encode_host",
         [](int stage, const py::bytes& record) {
-            if (stage < 0 || stage > 3) throw py::value_error("codec_encode_host: stage 0..3");
-            const std::string r = record;
-            if (r.size() != sizeof(stemedge::cuda::codec::EncodeChunk))
-                throw py::value_error("codec_encode_host: one EncodeChunk record expected");
-            stemedge::cuda::codec::EncodeChunk c;
-            std::memcpy(&c, r.data(), sizeof c);
+            const auto s = encode_stage(stage, "codec_encode_host: stage 0..3");
+            auto c = record_from<stemedge::cuda::codec::EncodeChunk>(
+                record, "codec_encode_host: one EncodeChunk record expected");
             {
                 py::gil_scoped_release release;
-                stemedge::cuda::dense_encode_host(static_cast<stemedge::cuda::EncodeStage>(stage), c);
+                stemedge::cuda::dense_encode_host(s, c);
             }
             return py::bytes(reinterpret_cast<const char*>(&c), sizeof c);
         },

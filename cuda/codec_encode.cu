@@ -94,11 +94,8 @@ __global__ void __launch_bounds__(kThreads) crc_parts_kernel(const EncodeChunk* 
 }
 
 __global__ void crc_join_kernel(EncodeChunk* __restrict__ chunks, long long n_chunks) {
-    __shared__ std::uint32_t t[256];
-    for (unsigned i = threadIdx.x; i < 256; i += blockDim.x) t[i] = codec::crc_entry(i);
-    __syncthreads();
     const long long ci = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (ci < n_chunks) chunks[ci].raw_crc = codec::crc_join(chunks[ci], t);
+    if (ci < n_chunks) chunks[ci].raw_crc = codec::crc_join(chunks[ci]);
 }
 
 unsigned grid_x(std::uint64_t n, unsigned threads) {
@@ -157,7 +154,7 @@ void dense_encode_host(EncodeStage stage, EncodeChunk& c) {
             const std::uint64_t raw = total * c.elem_bytes;
             for (std::uint64_t i = 0; i * codec::kCrcSegment < raw; ++i)
                 codec::ptr<std::uint32_t>(c.crc_parts)[i] = codec::crc_part(c, t, i);
-            c.raw_crc = codec::crc_join(c, t);
+            c.raw_crc = codec::crc_join(c);
             return;
         }
         case EncodeStage::kPayload:

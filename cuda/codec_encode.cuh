@@ -179,8 +179,23 @@ STEMEDGE_HD inline std::uint32_t crc_bytes(const std::uint32_t* t, std::uint32_t
     return r;
 }
 
-STEMEDGE_HD inline std::uint32_t crc_zeros(const std::uint32_t* t, std::uint32_t r, std::uint64_t n) {
-    for (std::uint64_t i = 0; i < n; ++i) r = t[r & 0xffu] ^ (r >> 8);
+// a·b mod P, both reflected (bit i <-> x^(31 - i)): the CPU's gf2_mulmod (codec_rans.cpp).
+STEMEDGE_HD inline std::uint32_t crc_mulmod(std::uint32_t a, std::uint32_t b) {
+    std::uint32_t r = 0;
+    for (int i = 0; i < 32; ++i) {
+        if (b & (0x80000000u >> i)) r ^= a;
+        a = (a >> 1) ^ (0x82F63B78u & (0u - (a & 1u)));  // a·x
+    }
+    return r;
+}
+
+// x^e mod P, reflected: square-and-multiply from x.
+STEMEDGE_HD inline std::uint32_t crc_xpow(std::uint64_t e) {
+    std::uint32_t r = 0x80000000u, p = 0x40000000u;  // 1, x
+    for (; e; e >>= 1) {
+        if (e & 1u) r = crc_mulmod(r, p);
+        p = crc_mulmod(p, p);
+    }
     return r;
 }
 
@@ -191,25 +206,18 @@ STEMEDGE_HD inline std::uint32_t crc_part(const EncodeChunk& c, const std::uint3
     return crc_bytes(t, i == 0 ? 0xffffffffu : 0u, ptr<const std::uint8_t>(c.src) + at, n);
 }
 
-// The chunk's CRC from its segments' registers: r ← r·x^(8·len) ⊕ part, the shift by a whole
-// segment as a 32 × 32 matrix over GF(2) (columns: the shifted unit vectors).
-STEMEDGE_HD inline std::uint32_t crc_join(const EncodeChunk& c, const std::uint32_t* t) {
+// The chunk's CRC from its segments' registers: r ← r·x^(8·len) ⊕ part (a register stands for
+// itself times x^32, so appending len bytes multiplies it by x^(8·len) mod P, as crc_shift does).
+STEMEDGE_HD inline std::uint32_t crc_join(const EncodeChunk& c) {
     const std::uint64_t total = c.frames * c.pixels * c.elem_bytes;
     const std::uint32_t* parts = ptr<const std::uint32_t>(c.crc_parts);
     if (total == 0) return 0;
-    std::uint32_t col[32];
-    for (int b = 0; b < 32; ++b) col[b] = crc_zeros(t, 1u << b, kCrcSegment);
+    const std::uint32_t segment = crc_xpow(8 * kCrcSegment);
     const std::uint64_t n = (total + kCrcSegment - 1) / kCrcSegment;
     std::uint32_t r = parts[0];
     for (std::uint64_t i = 1; i < n; ++i) {
         const std::uint64_t len = total - i * kCrcSegment < kCrcSegment ? total - i * kCrcSegment : kCrcSegment;
-        std::uint32_t shifted = 0;
-        if (len == kCrcSegment) {
-            for (int b = 0; b < 32; ++b) shifted ^= col[b] & (0u - ((r >> b) & 1u));
-        } else {
-            shifted = crc_zeros(t, r, len);
-        }
-        r = shifted ^ parts[i];
+        r = crc_mulmod(r, len == kCrcSegment ? segment : crc_xpow(8 * len)) ^ parts[i];
     }
     return ~r;
 }

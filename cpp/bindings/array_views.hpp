@@ -5,13 +5,23 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "stemedge/frame_view.hpp"
 
 namespace stemedge::bind {
 
 namespace py = pybind11;
+
+// A 1-D numpy array holding a copy of v.
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+    py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
 
 inline DType frame_dtype(const py::dtype& dt, const char* name) {
     const char kind = dt.kind();

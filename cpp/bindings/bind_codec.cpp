@@ -5,12 +5,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "../src/codec_layout.hpp"
+#include "array_views.hpp"
 #include "stemedge/codec.h"
 
 namespace stemedge::bind {
@@ -133,24 +133,24 @@ py::dict info(const py::buffer& blob, bool verify) {
     return d;
 }
 
-template <class V>
-py::array vec(const std::vector<V>& v) {
-    py::array_t<V> a(static_cast<py::ssize_t>(v.size()));
-    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(V));
-    return a;
+// A codec call whose C++ errors (CodecError: corrupt data, bad arguments) become ValueError.
+template <class F>
+auto codec_call(F&& f) {
+    try {
+        return f();
+    } catch (const std::exception& e) {
+        throw py::value_error(std::string("stemedge codec: ") + e.what());
+    }
 }
 
 // The DENSE chunk's model and payload offsets for the GPU decoder, or None for other chunks.
 py::object dense_layout(const py::buffer& blob) {
     const py::buffer_info b = blob_buffer(blob);
     codec::DenseLayout l;
-    bool dense;
-    try {
+    const bool dense = codec_call([&] {
         py::gil_scoped_release release;
-        dense = codec::dense_layout(b.ptr, static_cast<std::size_t>(b.size), l);
-    } catch (const std::exception& e) {
-        throw py::value_error(std::string("stemedge codec: ") + e.what());
-    }
+        return codec::dense_layout(b.ptr, static_cast<std::size_t>(b.size), l);
+    });
     if (!dense) return py::none();
     py::dict d;
     d["dtype"] = numpy_name(l.dtype);
@@ -158,14 +158,14 @@ py::object dense_layout(const py::buffer& blob) {
     d["pixels"] = l.pixels;
     d["lo"] = l.lo;
     d["hi"] = l.hi;
-    d["klass"] = vec(l.klass);
-    d["base"] = vec(l.base);
-    d["sym"] = vec(l.sym);
-    d["fc"] = vec(l.fc);
-    d["qmin"] = vec(l.qmin);
-    d["esc"] = vec(l.esc);
-    d["shift"] = vec(l.shift);
-    d["x"] = vec(std::vector<std::uint32_t>(l.x, l.x + 32));
+    d["klass"] = to_numpy(l.klass);
+    d["base"] = to_numpy(l.base);
+    d["sym"] = to_numpy(l.sym);
+    d["fc"] = to_numpy(l.fc);
+    d["qmin"] = to_numpy(l.qmin);
+    d["esc"] = to_numpy(l.esc);
+    d["shift"] = to_numpy(l.shift);
+    d["x"] = to_numpy(std::vector<std::uint32_t>(l.x, l.x + 32));
     d["words_offset"] = l.words_offset;
     d["n_words"] = l.n_words;
     d["bits_offset"] = l.bits_offset;
@@ -214,14 +214,6 @@ std::uint32_t crc32c_of(const py::buffer& blob) {
 template <class T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-template <class F>
-auto codec_call(F&& f) {
-    try {
-        return f();
-    } catch (const std::exception& e) {
-        throw py::value_error(std::string("stemedge codec: ") + e.what());
-    }
-}
 
 py::dict dense_class_map(const carray<double>& s1, const carray<double>& s2, std::uint32_t count) {
     if (s1.ndim() != 1 || s2.ndim() != 1 || s1.size() != s2.size())
@@ -230,10 +222,10 @@ py::dict dense_class_map(const carray<double>& s1, const carray<double>& s2, std
         return codec::dense_class_map(s1.data(), s2.data(), count, static_cast<std::uint64_t>(s1.size()));
     });
     py::dict d;
-    d["base"] = vec(c.base);
-    d["slot"] = vec(c.slot);
-    d["classes"] = vec(c.classes);
-    d["shift"] = vec(c.shift);
+    d["base"] = to_numpy(c.base);
+    d["slot"] = to_numpy(c.slot);
+    d["classes"] = to_numpy(c.classes);
+    d["shift"] = to_numpy(c.shift);
     return d;
 }
 
@@ -254,9 +246,9 @@ py::dict dense_encode_model(const carray<std::int64_t>& base, const carray<std::
     });
     py::dict d;
     d["prefix"] = py::bytes(reinterpret_cast<const char*>(m.prefix.data()), m.prefix.size());
-    d["fc"] = vec(m.fc);
-    d["qmin"] = vec(m.qmin);
-    d["nsym"] = vec(m.nsym);
+    d["fc"] = to_numpy(m.fc);
+    d["qmin"] = to_numpy(m.qmin);
+    d["nsym"] = to_numpy(m.nsym);
     return d;
 }
 

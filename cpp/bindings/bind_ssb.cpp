@@ -29,13 +29,6 @@ py::array_t<T, py::array::c_style> vector_array(const char* name, const py::arra
     return py::array_t<T, py::array::c_style>(a);
 }
 
-template <class T>
-py::array_t<T> to_numpy(const std::vector<T>& v) {
-    py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
-    std::copy(v.begin(), v.end(), out.mutable_data());
-    return out;
-}
-
 BfPixels make_pixels(std::pair<std::size_t, std::size_t> det_shape, const py::array& ptr,
                      const py::array& pix) {
     BfPixels bf;

@@ -231,6 +231,18 @@ struct ClassModel {
     std::size_t esc() const { return nsym; }
 };
 
+// The vector coders' and the GPU's table layout: per class 256 entries freq | cum << 16 (a
+// class's residual histogram has kHistStride <= 256 symbols; the rest stay 0).
+std::vector<std::uint32_t> packed_fc(const std::vector<ClassModel>& models) {
+    std::vector<std::uint32_t> fc(models.size() * 256, 0);
+    for (std::size_t k = 0; k < models.size(); ++k) {
+        const Table& t = models[k].table;
+        for (std::size_t sy = 0; sy < t.size(); ++sy)
+            fc[k * 256 + sy] = t.freq[sy] | static_cast<std::uint32_t>(t.cum[sy]) << 16;
+    }
+    return fc;
+}
+
 // Pixel classes. The variance class vc = floor(4·log2(1 + var)) (4 per octave) sets the residual
 // table; below vc = 17 (σ < 4) a residual's shape also depends on where the mean falls between
 // two integers, so those classes are split by the mean's fractional part (4 bins) and the base
@@ -266,15 +278,6 @@ struct DenseModel {
     std::vector<std::uint8_t> maps;   // the encoded class and base maps
     double bits = 0;                  // estimated size: payload + maps
 };
-
-// Which frames feed the two model passes (shared with the GPU encoder, which must sample alike):
-// moments from every moment_step-th frame (>= 128 frames), residual histograms from every
-// hist_step-th (>= 32 frames and >= 2^19 values: the tables need the distribution's shape, not
-// every count; 32 rather than 64 frames: 6 % faster encoding of set B, 0.01 % larger).
-DenseSampling dense_sampling_impl(std::uint64_t frames, std::uint64_t pixels) {
-    const std::uint64_t hist_frames = std::max<std::uint64_t>(32, ((1u << 19) + pixels - 1) / std::max<std::uint64_t>(1, pixels));
-    return {std::max<std::uint64_t>(1, frames / 128), std::max<std::uint64_t>(1, frames / hist_frames)};
-}
 
 // Pass 1's result: each pixel's base and class from its moments (n[p] samples, s1 = sum v,
 // s2 = sum v^2), and the classes in use.
@@ -351,7 +354,7 @@ DenseModel dense_model(const T* x, std::uint64_t frames, std::uint64_t pixels, c
     DenseModel dm;
     std::vector<double> s1(pixels, 0.0), s2(pixels, 0.0);
     std::vector<std::uint32_t> n(pixels, 0);
-    const DenseSampling sampling = dense_sampling_impl(frames, pixels);
+    const DenseSampling sampling = dense_sampling(frames, pixels);
     const std::uint64_t k1 = sampling.moment_step;
     const bool lossless_int = std::is_integral<T>::value && m.kind == 0 && m.threshold == 0;
     // 8/16-bit lossless integers take the AVX-512 passes where the CPU has them (same sums, same
@@ -515,13 +518,7 @@ void dense_encode(const T* x, std::uint64_t frames, std::uint64_t pixels, const 
     std::uint64_t cursor = 0;
     if (!recon && dense_encode_fits<T>(m, pixels, dm) && g_simd.load() && dense_decode_simd_available()) {
         // The AVX-512 path (codec_simd.cpp): 16 values per step, the same bytes as the loop below.
-        const std::size_t nc = dm.models.size();
-        std::vector<std::uint32_t> table(nc * 256, 0);
-        for (std::size_t k = 0; k < nc; ++k) {
-            const Table& t = dm.models[k].table;
-            for (std::size_t sy = 0; sy < t.size(); ++sy)
-                table[k * 256 + sy] = t.freq[sy] | static_cast<std::uint32_t>(t.cum[sy]) << 16;
-        }
+        const std::vector<std::uint32_t> table = packed_fc(dm.models);
         std::vector<std::int32_t> base(pixels), cls_off(pixels), sh_esc(pixels), qmin(pixels), nsym(pixels);
         for (std::uint64_t p = 0; p < pixels; ++p) {
             const int k = dm.slot_of_class[dm.cls[p]];
@@ -671,13 +668,11 @@ void dense_decode(Reader& r, std::uint64_t frames, std::uint64_t pixels, const M
         std::int64_t qmin;
         std::uint32_t esc, shift;
     };
-    std::vector<std::vector<std::uint32_t>> fcs(n_used);
+    const std::vector<std::uint32_t> fcs = packed_fc(models);
     std::vector<Dec> dec(n_used);
     for (std::size_t k = 0; k < n_used; ++k) {
         const ClassModel& cm = models[k];
-        for (std::size_t s = 0; s < cm.table.size(); ++s)
-            fcs[k].push_back(cm.table.freq[s] | static_cast<std::uint32_t>(cm.table.cum[s]) << 16);
-        dec[k] = {cm.table.sym_of_slot.data(), fcs[k].data(), cm.qmin,
+        dec[k] = {cm.table.sym_of_slot.data(), fcs.data() + k * 256, cm.qmin,
                   static_cast<std::uint32_t>(cm.esc()), cm.shift};
     }
     std::size_t used = 0, used_bits = 0;
@@ -1301,39 +1296,32 @@ bool dense_layout(const void* blob, std::size_t size, DenseLayout& out) {
     const std::size_t covered = h.header_nbytes + h.body_nbytes;
     const DT dt = dtype_info(h.dtype);
     if (h.mode != SE_MODE_DENSE || !dt.is_int || dt.size > 4 || h.dtype == SE_BOOL) return false;
-    bool lossless = true;
+    if (h.flags & kFlagQuant) return false;  // lossy integers decode on the host
     dispatch(h.dtype, [&](auto tag) {
         using T = decltype(tag);
         if constexpr (!std::is_floating_point<T>::value && sizeof(T) <= 4) {
-            const Mapper<T> m = make_mapper<T>(h);
-            lossless = m.kind == 0;
             out.lo = Mapper<T>::lo();
             out.hi = Mapper<T>::hi();
         }
     });
-    if (!lossless) return false;
     Reader r{b + h.header_nbytes, b + covered};
     DenseRead model = read_dense_model(r, h.pixels);
     const std::size_t nc = model.models.size();
     out.dtype = h.dtype;
     out.frames = h.frames;
     out.pixels = h.pixels;
-    out.elem_bytes = static_cast<unsigned>(dt.size);
     out.raw_crc = h.raw_crc;
     out.klass = std::move(model.klass);
     out.base = std::move(model.base);
     out.sym.assign(nc * kScale, 0);
-    out.fc.assign(nc * 256, 0);
+    out.fc = packed_fc(model.models);
     out.qmin.resize(nc);
     out.esc.resize(nc);
     out.shift.resize(nc);
     for (std::size_t k = 0; k < nc; ++k) {
         const ClassModel& cm = model.models[k];
         const Table& t = cm.table;
-        if (t.size() > 256) throw CodecError(SE_ERR_CORRUPT, "dense: table too large");
         std::copy(t.sym_of_slot.begin(), t.sym_of_slot.end(), out.sym.begin() + k * kScale);
-        for (std::size_t sy = 0; sy < t.size(); ++sy)
-            out.fc[k * 256 + sy] = t.freq[sy] | static_cast<std::uint32_t>(t.cum[sy]) << 16;
         out.qmin[k] = cm.qmin;
         out.esc[k] = static_cast<std::uint32_t>(cm.esc());
         out.shift[k] = cm.shift;
@@ -1351,7 +1339,14 @@ bool dense_layout(const void* blob, std::size_t size, DenseLayout& out) {
     return true;
 }
 
-DenseSampling dense_sampling(std::uint64_t frames, std::uint64_t pixels) { return dense_sampling_impl(frames, pixels); }
+// Which frames feed the two model passes (shared with the GPU encoder, which must sample alike):
+// moments from every moment_step-th frame (>= 128 frames), residual histograms from every
+// hist_step-th (>= 32 frames and >= 2^19 values: the tables need the distribution's shape, not
+// every count; 32 rather than 64 frames: 6 % faster encoding of set B, 0.01 % larger).
+DenseSampling dense_sampling(std::uint64_t frames, std::uint64_t pixels) {
+    const std::uint64_t hist_frames = std::max<std::uint64_t>(32, ((1u << 19) + pixels - 1) / std::max<std::uint64_t>(1, pixels));
+    return {std::max<std::uint64_t>(1, frames / 128), std::max<std::uint64_t>(1, frames / hist_frames)};
+}
 
 DenseClassMap dense_class_map(const double* s1, const double* s2, std::uint32_t count, std::uint64_t pixels) {
     DenseModel dm;
@@ -1396,12 +1391,8 @@ DenseEncodeModel dense_encode_model(const DenseClassMap& map, const std::uint32_
     dense_tables(h, hist_step, elem_bits, dm);
     DenseEncodeModel out;
     write_dense_model(dm, out.prefix);
-    out.fc.assign(n_slots * 256, 0);
-    for (std::size_t k = 0; k < n_slots; ++k) {
-        const ClassModel& cm = dm.models[k];
-        if (cm.table.size() > 256) throw CodecError(SE_ERR_ARG, "dense model: table too large");
-        for (std::size_t sy = 0; sy < cm.table.size(); ++sy)
-            out.fc[k * 256 + sy] = cm.table.freq[sy] | static_cast<std::uint32_t>(cm.table.cum[sy]) << 16;
+    out.fc = packed_fc(dm.models);
+    for (const ClassModel& cm : dm.models) {
         out.qmin.push_back(cm.qmin);
         out.nsym.push_back(static_cast<std::uint32_t>(cm.nsym));
     }
@@ -1421,24 +1412,18 @@ std::vector<std::uint8_t> dense_chunk(int dtype, int ndim, const std::uint64_t* 
         throw CodecError(SE_ERR_ARG, "dense chunk: lossless 8-32-bit integers only");
     h.mode = SE_MODE_DENSE;
     h.raw_crc = raw_crc;
-    std::vector<std::uint8_t> body;
-    body.reserve(prefix.size() + 1 + 8 + 4 * 32 + 2 * n_words + 8 + (nbits + 7) / 8 + 8);
-    body.insert(body.end(), prefix.begin(), prefix.end());
-    put<std::uint8_t>(body, static_cast<std::uint8_t>(kLog2Lanes));
-    put<std::uint64_t>(body, n_words);
-    for (int l = 0; l < 32; ++l) put<std::uint32_t>(body, states[l]);
-    const std::size_t at = body.size();
-    body.resize(at + 2 * n_words);
-    if (n_words) std::memcpy(body.data() + at, words, 2 * n_words);
-    put<std::uint64_t>(body, nbits);
     const std::size_t nbytes = static_cast<std::size_t>((nbits + 7) / 8);
-    body.insert(body.end(), bits, bits + nbytes);
-    body.insert(body.end(), 8, 0);
-    if (body.size() >= h.raw_nbytes) return {};  // the CPU encoder stores such a chunk
-    h.body_nbytes = body.size();
+    // body: the model, the rANS stream (32 lanes), the raw bits with 8 bytes of padding
+    h.body_nbytes = prefix.size() + 1 + 8 + 4 * 32 + 2 * n_words + 8 + nbytes + 8;
+    if (h.body_nbytes >= h.raw_nbytes) return {};  // the CPU encoder stores such a chunk
     std::vector<std::uint8_t> out;
     write_header(h, out);
-    out.insert(out.end(), body.begin(), body.end());
+    out.reserve(out.size() + h.body_nbytes + 4);
+    out.insert(out.end(), prefix.begin(), prefix.end());
+    put_rans_stream(out, kLog2Lanes, states, words, n_words);
+    put<std::uint64_t>(out, nbits);
+    out.insert(out.end(), bits, bits + nbytes);
+    out.insert(out.end(), 8, 0);
     const std::uint32_t crc = crc32c(out.data(), out.size());
     put<std::uint32_t>(out, crc);
     return out;

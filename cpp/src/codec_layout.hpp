@@ -12,7 +12,6 @@ namespace stemedge::codec {
 struct DenseLayout {
     int dtype = 0;                      // se_dtype
     std::uint64_t frames = 0, pixels = 0;
-    unsigned elem_bytes = 0;
     std::int64_t lo = 0, hi = 0;        // the dtype's range: decoded values outside are corrupt
     std::vector<std::uint8_t> klass;    // per pixel: its class (index into the tables)
     std::vector<std::int64_t> base;     // per pixel

@@ -28,12 +28,17 @@ void rans_encode(const std::vector<Op>& ops, unsigned log2_lanes, std::vector<st
         s = ((s / f) << kScaleBits) + (s % f) + ops[j].cum;
     }
     std::reverse(words.begin(), words.end());
+    put_rans_stream(out, log2_lanes, x.data(), words.data(), words.size());
+}
+
+void put_rans_stream(std::vector<std::uint8_t>& out, unsigned log2_lanes, const std::uint32_t* states,
+                     const std::uint16_t* words, std::uint64_t n_words) {
     put<std::uint8_t>(out, static_cast<std::uint8_t>(log2_lanes));
-    put<std::uint64_t>(out, words.size());
-    for (std::uint32_t s : x) put<std::uint32_t>(out, s);
+    put<std::uint64_t>(out, n_words);
+    for (std::size_t l = 0; l < (std::size_t{1} << log2_lanes); ++l) put<std::uint32_t>(out, states[l]);
     const std::size_t n = out.size();
-    out.resize(n + 2 * words.size());
-    if (!words.empty()) std::memcpy(out.data() + n, words.data(), 2 * words.size());
+    out.resize(n + 2 * n_words);
+    if (n_words) std::memcpy(out.data() + n, words, 2 * n_words);
 }
 
 void RansEncoder::finish(std::vector<std::uint8_t>& out) {
@@ -42,12 +47,7 @@ void RansEncoder::finish(std::vector<std::uint8_t>& out) {
         std::reverse(words_, words_ + n_words_);
         first_ = 0;
     }
-    codec::put<std::uint8_t>(out, static_cast<std::uint8_t>(log2_lanes_));
-    codec::put<std::uint64_t>(out, n_words_);
-    for (std::uint32_t s : x_) codec::put<std::uint32_t>(out, s);
-    const std::size_t n = out.size();
-    out.resize(n + 2 * n_words_);
-    if (n_words_) std::memcpy(out.data() + n, words_ + first_, 2 * n_words_);
+    put_rans_stream(out, log2_lanes_, x_.data(), words_ + first_, n_words_);
 }
 
 void BitWriter::write(std::vector<std::uint8_t>& out) const {

@@ -41,6 +41,10 @@ struct ChunkBody;
 // Encodes ops[0..n) (in decoding order) into: log2(lanes) u8, n_words u64, states u32 × lanes,
 // words u16 × n_words. The ops are coded in reverse, so the decoder runs forward.
 void rans_encode(const std::vector<Op>& ops, unsigned log2_lanes, std::vector<std::uint8_t>& out);
+// A rANS stream as every coder writes it: u8 log2(lanes), u64 word count, the 2^log2_lanes final
+// states (u32), then the words (u16) in decoding order.
+void put_rans_stream(std::vector<std::uint8_t>& out, unsigned log2_lanes, const std::uint32_t* states,
+                     const std::uint16_t* words, std::uint64_t n_words);
 
 // A modelled symbol prepared for encoding. (ryg_rans' reciprocal trick is exact only for states
 // below 2^31; ours reach 2^32, so the encoder divides: 32-bit division is cheap enough here.)

@@ -41,7 +41,6 @@ class RemoteMicroscope(Microscope):
 
     def _call(self, name: str, *args: Any) -> Any:
         """One remote call on the shared connection (one call at a time)."""
-
         with self._lock:
             if self._conn is None:
                 self._conn = self._new_proxy()

@@ -147,6 +147,8 @@ def ssb(
             f"plan was made for scan {plan.scan_shape} × detector {plan.det_shape}, "
             f"data is {scan_shape} × {det_shape}"
         )
+    if not gpu.is_device_array(data):
+        _ = plan.trotters  # the host weights are built on first use: time them as the plan
     t1 = time.perf_counter()
     if gpu.is_device_array(data):
         from stemedge.ptycho.device import ssb_device

@@ -284,8 +284,15 @@ class SteeringLoop:
             if self.record is None or not self.record.exists():
                 raise FileNotFoundError(f"no steering record to resume at {self.record}")
             old, survey, measured = read_record(self.record)
-            keys = ["acquisition", "goal", "patch", "stride", "n_components", "smooth_A"]
-            keys.append("sparse_grid")
+            keys = [
+                "acquisition",
+                "goal",
+                "patch",
+                "stride",
+                "n_components",
+                "smooth_A",
+                "sparse_grid",
+            ]
             if ">" in c["acquisition"]:  # phases: patience decides where the next one starts
                 keys.append("patience")
             for key in keys:
