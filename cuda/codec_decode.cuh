@@ -7,11 +7,9 @@
 
 #include <cstdint>
 
-#include "ssb_weights.cuh"  // STEMEDGE_HD
+#include "codec_common.cuh"
 
 namespace stemedge::cuda::codec {
-
-constexpr std::uint32_t kScaleBits = 12, kScale = 1u << kScaleBits, kRansL = 1u << 16;
 
 // One chunk, as the kernel reads it (built in python/stemedge/gpu_codec.py from
 // _native.codec_dense_layout; 8-byte fields only, so numpy and C agree on the layout).
@@ -37,39 +35,34 @@ static_assert(sizeof(DenseChunk) == 17 * 8 + 128, "DenseChunk is mirrored in gpu
 
 enum Status : int { kOk = 0, kWordsEnd = 1, kBitsEnd = 2, kRange = 3, kEnd = 4 };
 
-template <class P>
-STEMEDGE_HD inline const P* at(std::uint64_t address) {
-    return reinterpret_cast<const P*>(static_cast<std::uintptr_t>(address));
-}
-
 // Decode lane state x at pixel p: the symbol, its class and the next state before
 // renormalisation; `need` says whether a word must be shifted in.
 STEMEDGE_HD inline void lane_symbol(const DenseChunk& c, std::uint32_t x, std::uint64_t p,
                                     std::uint32_t& xn, std::uint32_t& s, std::uint32_t& cls,
                                     std::uint32_t& need) {
-    cls = at<std::uint8_t>(c.klass)[p];
+    cls = ptr<const std::uint8_t>(c.klass)[p];
     const std::uint32_t slot = x & (kScale - 1);
-    s = at<std::uint16_t>(c.sym)[cls * kScale + slot];
-    const std::uint32_t fc = at<std::uint32_t>(c.fc)[cls * 256 + s];
+    s = ptr<const std::uint16_t>(c.sym)[cls * kScale + slot];
+    const std::uint32_t fc = ptr<const std::uint32_t>(c.fc)[cls * 256 + s];
     xn = (fc & 0xffffu) * (x >> kScaleBits) + slot - (fc >> 16);
     need = xn < kRansL ? 1u : 0u;
 }
 
 STEMEDGE_HD inline std::uint32_t word(const DenseChunk& c, std::uint64_t i) {
-    const std::uint8_t* w = at<std::uint8_t>(c.words) + 2 * i;
+    const std::uint8_t* w = ptr<const std::uint8_t>(c.words) + 2 * i;
     return static_cast<std::uint32_t>(w[0]) | static_cast<std::uint32_t>(w[1]) << 8;
 }
 
 // Raw bits of this value: the escape width or the class's shift.
 STEMEDGE_HD inline std::uint32_t lane_nbits(const DenseChunk& c, std::uint32_t cls, std::uint32_t s) {
-    return s == at<std::uint32_t>(c.esc)[cls] ? static_cast<std::uint32_t>(8 * c.elem_bytes)
-                                               : at<std::uint32_t>(c.shift)[cls];
+    return s == ptr<const std::uint32_t>(c.esc)[cls] ? static_cast<std::uint32_t>(8 * c.elem_bytes)
+                                               : ptr<const std::uint32_t>(c.shift)[cls];
 }
 
 // n ≤ 32 bits at bit position pos, LSB-first.
 STEMEDGE_HD inline std::uint64_t read_bits(const DenseChunk& c, std::uint64_t pos, std::uint32_t n) {
     if (n == 0) return 0;
-    const std::uint8_t* b = at<std::uint8_t>(c.bits) + (pos >> 3);
+    const std::uint8_t* b = ptr<const std::uint8_t>(c.bits) + (pos >> 3);
     const std::uint32_t off = static_cast<std::uint32_t>(pos & 7);
     std::uint64_t v = 0;
     for (std::uint32_t i = 0; i < (off + n + 7) / 8; ++i) v |= static_cast<std::uint64_t>(b[i]) << (8 * i);
@@ -80,14 +73,14 @@ STEMEDGE_HD inline std::uint64_t read_bits(const DenseChunk& c, std::uint64_t po
 // value cannot come from the dtype (a corrupt chunk).
 STEMEDGE_HD inline bool lane_value(const DenseChunk& c, std::uint64_t p, std::uint32_t cls,
                                    std::uint32_t s, std::uint64_t raw, std::uint64_t& bits) {
-    if (s == at<std::uint32_t>(c.esc)[cls]) {
+    if (s == ptr<const std::uint32_t>(c.esc)[cls]) {
         bits = raw;  // escapes carry the element's own bits
         return true;
     }
-    const std::int64_t b = at<std::int64_t>(c.base)[p];
+    const std::int64_t b = ptr<const std::int64_t>(c.base)[p];
     if (b < -(std::int64_t{1} << 40) || b > (std::int64_t{1} << 40)) return false;
-    const std::int64_t q = at<std::int64_t>(c.qmin)[cls] + static_cast<std::int64_t>(s);
-    const std::int64_t v = b + q * (std::int64_t{1} << at<std::uint32_t>(c.shift)[cls]) +
+    const std::int64_t q = ptr<const std::int64_t>(c.qmin)[cls] + static_cast<std::int64_t>(s);
+    const std::int64_t v = b + q * (std::int64_t{1} << ptr<const std::uint32_t>(c.shift)[cls]) +
                            static_cast<std::int64_t>(raw);
     if (v < c.lo || v > c.hi) return false;
     bits = static_cast<std::uint64_t>(v);

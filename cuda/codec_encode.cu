@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     std::uint16_t* words = codec::ptr<std::uint16_t>(c.words);
     std::uint32_t* bits = codec::ptr<std::uint32_t>(c.bits);
     const std::uint64_t bits_cap = 32 * c.bits_cap;
-    std::uint32_t x = codec::kEncRansL;
+    std::uint32_t x = codec::kRansL;
     std::uint64_t top = total, cursor = 0;
     int err = codec::kEncOk;
     if (total > 0) {
@@ -164,7 +164,7 @@ void dense_encode_host(EncodeStage stage, EncodeChunk& c) {
     std::uint16_t* words = codec::ptr<std::uint16_t>(c.words);
     std::uint32_t* bits = codec::ptr<std::uint32_t>(c.bits);
     std::uint32_t x[32];
-    for (auto& s : x) s = codec::kEncRansL;
+    for (auto& s : x) s = codec::kRansL;
     std::uint64_t top = total, cursor = 0;
     c.status = codec::kEncOk;
     for (std::uint64_t group = total ? (total - 1) / 32 * 32 : 0; total > 0;) {

@@ -16,11 +16,11 @@
 
 #include <cstdint>
 
-#include "ssb_weights.cuh"  // STEMEDGE_HD
+#include "codec_common.cuh"
 
 namespace stemedge::cuda::codec {
 
-constexpr std::uint32_t kEncScaleBits = 12, kEncRansL = 1u << 16, kHistStride = 256;
+constexpr std::uint32_t kHistStride = 256;
 constexpr std::int64_t kWindow = 127;
 constexpr std::uint64_t kCrcSegment = 4096;  // bytes per thread in the raw-data CRC
 
@@ -52,11 +52,6 @@ struct EncodeChunk {
 static_assert(sizeof(EncodeChunk) == 23 * 8 + 128, "EncodeChunk is mirrored in gpu_codec.py");
 
 enum EncodeStatus : int { kEncOk = 0, kEncFreq = 1, kEncBits = 2 };
-
-template <class P>
-STEMEDGE_HD inline P* ptr(std::uint64_t address) {
-    return reinterpret_cast<P*>(static_cast<std::uintptr_t>(address));
-}
 
 // Element i: its raw bits (the low elem_bytes bytes) and its value.
 STEMEDGE_HD inline std::int64_t element(const EncodeChunk& c, std::uint64_t i, std::uint64_t& raw) {
@@ -141,11 +136,11 @@ STEMEDGE_HD inline void lane_code(const EncodeChunk& c, std::uint64_t op, std::u
 // One rANS step on state x (freq > 0); returns whether the word (x's low 16 bits before the step)
 // is emitted.
 STEMEDGE_HD inline bool lane_put(std::uint32_t& x, std::uint32_t freq, std::uint32_t cum, std::uint16_t& word) {
-    const std::uint64_t x_max = (static_cast<std::uint64_t>(kEncRansL >> kEncScaleBits) << 16) * freq;
+    const std::uint64_t x_max = (static_cast<std::uint64_t>(kRansL >> kScaleBits) << 16) * freq;
     const bool emit = x >= x_max;
     word = static_cast<std::uint16_t>(x & 0xffffu);
     if (emit) x >>= 16;
-    x = ((x / freq) << kEncScaleBits) + (x % freq) + cum;
+    x = ((x / freq) << kScaleBits) + (x % freq) + cum;
     return emit;
 }
 

@@ -7,11 +7,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define STEMEDGE_HD __host__ __device__
-#else
-#define STEMEDGE_HD
-#endif
+#include "hd.cuh"
 
 namespace stemedge::cuda::ssb {
 
