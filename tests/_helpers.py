@@ -1,5 +1,5 @@
-"""Shared test helpers: where this stemedge lives (for subprocesses), the real data files and
-small random SSB scans."""
+"""Shared test helpers: where this stemedge lives (for subprocesses), the real data files, small
+random SSB scans and the codec's integer test frames."""
 
 from __future__ import annotations
 
@@ -46,3 +46,20 @@ def ssb_scan(scan=(15, 17), det=(23, 21), seed=0, dtype=np.float32, **cal):
     c = dict(scan_step_A=(0.3, 0.25), det_mrad_per_px=2.0, voltage_kV=200.0, convergence_mrad=14.0)
     c.update(cal)
     return data, Calibration(**c)
+
+
+#: The integer dtypes the codec's DENSE coders (CPU and GPU) take.
+CODEC_INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32]
+
+
+def codec_frames(dtype, shape, rate_max, seed=0, outliers=1e-3):
+    """Poisson frames (rates up to ``rate_max`` per pixel) with a share ``outliers`` of values at
+    the dtype's extremes (escapes for the coders)."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    rates = rng.uniform(0, rate_max, shape[-2:] if len(shape) > 1 else shape)
+    f = rng.poisson(rates, shape).clip(info.min, info.max)
+    f.reshape(-1)[rng.random(f.size) < outliers] = info.max  # escapes
+    if info.min < 0:
+        f.reshape(-1)[rng.random(f.size) < outliers] = info.min
+    return f.astype(dtype)

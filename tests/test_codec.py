@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import stemedge
+from _helpers import CODEC_INT_DTYPES
 from stemedge import _native
 from stemedge.codec import CodecError, compress, decompress, info
 
@@ -22,7 +23,6 @@ ALL_DTYPES = [
     np.bool_, np.uint8, np.uint16, np.uint32, np.uint64,
     np.int8, np.int16, np.int32, np.int64, np.float32, np.float64,
 ]  # fmt: skip
-INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32]
 
 
 def _poisson_entropy_bits(lam: float) -> float:
@@ -60,7 +60,7 @@ def test_lossless_round_trip_any_dtype_and_shape(a, mode, chunk_frames):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    st.sampled_from(INT_DTYPES),
+    st.sampled_from(CODEC_INT_DTYPES),
     st.tuples(st.integers(1, 40), st.integers(1, 13), st.integers(1, 11)),
     st.sampled_from(["dense", "auto"]),
     st.floats(0.0, 1e4),
@@ -88,7 +88,7 @@ def test_dense_round_trip_on_a_diffraction_pattern(seed, bound):
     assert np.abs(out.astype(np.int64) - a).max() <= bound
 
 
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 def test_vector_coders_handle_escapes(dtype):
     """Escapes on the vector paths: values far outside their pixel's residual window, in frames
     the moments do not sample (512 frames: every 4th), so the class stays narrow and the value
@@ -154,7 +154,7 @@ def test_vector_model_passes_match_scalar(dtype, shape):
     np.testing.assert_array_equal(_native.codec_decompress(vector), a)
 
 
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 @pytest.mark.parametrize("det", [(16, 16), (8, 12), (9, 7)])
 @pytest.mark.parametrize("bound", [0.0, 2.0])
 def test_vector_and_scalar_decoders_agree(dtype, det, bound):

@@ -12,24 +12,12 @@ import numpy as np
 import pytest
 
 import stemedge
+from _helpers import CODEC_INT_DTYPES, codec_frames
 from stemedge import _native
 from stemedge.codec import CodecError
 
 pytest.importorskip("stemedge._cuda", reason="built without the CUDA extension")
 from stemedge import gpu_codec
-
-INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32]
-
-
-def _frames(dtype, shape, rate_max, seed=0, outliers=1e-3):
-    rng = np.random.default_rng(seed)
-    info = np.iinfo(dtype)
-    rates = rng.uniform(0, rate_max, shape[1:])
-    f = rng.poisson(rates, shape).clip(info.min, info.max)
-    f.reshape(-1)[rng.random(f.size) < outliers] = info.max  # escapes
-    if info.min < 0:
-        f.reshape(-1)[rng.random(f.size) < outliers] = info.min
-    return f.astype(dtype)
 
 
 def _dense_chunk(frames) -> bytes:
@@ -38,14 +26,14 @@ def _dense_chunk(frames) -> bytes:
     return blob
 
 
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 @pytest.mark.parametrize(
     "shape", [(64, 33, 31), (128, 64, 64), (600, 7, 5), (2000, 1, 3), (300, 2, 16), (200, 1, 32)]
 )
 @pytest.mark.parametrize("rate", [0.3, 60.0, 1e4])
 def test_the_gpu_decoder_gives_the_cpu_decoders_bytes(dtype, shape, rate):
     rate = min(rate, np.iinfo(dtype).max / 4)
-    frames = _frames(dtype, shape, rate)
+    frames = codec_frames(dtype, shape, rate)
     chunk = _dense_chunk(frames)
     got = gpu_codec.decode_dense_host(chunk)
     assert got.dtype == frames.dtype and got.shape == frames.shape
@@ -53,9 +41,9 @@ def test_the_gpu_decoder_gives_the_cpu_decoders_bytes(dtype, shape, rate):
 
 
 def test_only_lossless_integer_dense_chunks_go_to_the_gpu():
-    counts = _frames(np.uint16, (64, 32, 32), 0.01, outliers=0)
+    counts = codec_frames(np.uint16, (64, 32, 32), 0.01, outliers=0)
     events = _native.codec_compress(counts, mode="events")
-    lossy = _native.codec_compress(_frames(np.uint16, (64, 32, 32), 80), max_abs_error=2)
+    lossy = _native.codec_compress(codec_frames(np.uint16, (64, 32, 32), 80), max_abs_error=2)
     floats = _native.codec_compress(np.random.default_rng(0).random((8, 16, 16)).astype("f4"))
     for blob in (events, lossy, floats):
         assert _native.codec_dense_layout(blob) is None
@@ -69,7 +57,7 @@ def _with_valid_crc(chunk: bytearray) -> bytes:
 
 
 def test_corrupt_payloads_behind_a_valid_checksum_are_refused_not_crashed():
-    frames = _frames(np.uint16, (64, 24, 20), 50.0)
+    frames = codec_frames(np.uint16, (64, 24, 20), 50.0)
     chunk = _dense_chunk(frames)
     layout = _native.codec_dense_layout(chunk)
     rng = np.random.default_rng(3)
@@ -104,11 +92,11 @@ def test_corrupt_payloads_behind_a_valid_checksum_are_refused_not_crashed():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 def test_containers_decode_on_the_gpu_as_on_the_cpu(dtype):
     cp = pytest.importorskip("cupy")
-    dense = _frames(dtype, (200, 48, 40), min(80.0, np.iinfo(dtype).max / 4), seed=1)
-    sparse = _frames(dtype, (64, 48, 40), 0.01, seed=2, outliers=0)
+    dense = codec_frames(dtype, (200, 48, 40), min(80.0, np.iinfo(dtype).max / 4), seed=1)
+    sparse = codec_frames(dtype, (64, 48, 40), 0.01, seed=2, outliers=0)
     frames = np.concatenate([dense, sparse, dense[:5] * 0])  # dense, events and stored chunks
     blob = stemedge.compress(frames, chunk_frames=32)
     stream = cp.cuda.Stream(non_blocking=True)
@@ -122,7 +110,7 @@ def test_containers_decode_on_the_gpu_as_on_the_cpu(dtype):
 @pytest.mark.gpu
 def test_corrupt_chunks_raise_on_the_gpu():
     pytest.importorskip("cupy")
-    chunk = _dense_chunk(_frames(np.uint16, (64, 24, 20), 50.0))
+    chunk = _dense_chunk(codec_frames(np.uint16, (64, 24, 20), 50.0))
     layout = _native.codec_dense_layout(chunk)
     bad = bytearray(chunk)
     for i in range(layout["words_offset"], layout["words_offset"] + 2 * layout["n_words"], 97):

@@ -13,30 +13,18 @@ import numpy as np
 import pytest
 
 import stemedge
+from _helpers import CODEC_INT_DTYPES, codec_frames
 from stemedge import _native
 
 pytest.importorskip("stemedge._cuda", reason="built without the CUDA extension")
 from stemedge import gpu_encode
-
-INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32]
-
-
-def _frames(dtype, shape, rate_max, seed=0, outliers=1e-3):
-    rng = np.random.default_rng(seed)
-    info = np.iinfo(dtype)
-    rates = rng.uniform(0, rate_max, shape[-2:] if len(shape) > 1 else shape)
-    f = rng.poisson(rates, shape).clip(info.min, info.max)
-    f.reshape(-1)[rng.random(f.size) < outliers] = info.max  # escapes
-    if info.min < 0:
-        f.reshape(-1)[rng.random(f.size) < outliers] = info.min
-    return f.astype(dtype)
 
 
 def _modes(blob) -> list[str]:
     return stemedge.codec.info(blob)["modes"]
 
 
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 @pytest.mark.parametrize(
     "shape",
     [(64, 33, 31), (300, 64, 64), (600, 7, 5), (2000, 1, 3), (200, 1, 32), (5, 7, 9), (3,),
@@ -45,7 +33,7 @@ def _modes(blob) -> list[str]:
 @pytest.mark.parametrize("rate", [0.3, 60.0, 1e4])
 def test_the_gpu_encoder_gives_the_cpu_encoders_bytes(dtype, shape, rate):
     rate = min(rate, np.iinfo(dtype).max / 4)
-    frames = _frames(dtype, shape, rate)
+    frames = codec_frames(dtype, shape, rate)
     chunk_frames = 150 if len(shape) == 3 and shape[0] >= 300 else None  # partial last chunk
     cpu = stemedge.compress(frames, mode="dense", chunk_frames=chunk_frames)
     got = gpu_encode.compress(frames, chunk_frames=chunk_frames, stages="host")
@@ -56,7 +44,7 @@ def test_the_gpu_encoder_gives_the_cpu_encoders_bytes(dtype, shape, rate):
 def test_sampled_model_passes_and_several_batches_give_the_cpus_bytes():
     # 700 frames of 64 x 64: moments every 5th frame, histograms every 5th (the CPU's sampling),
     # and a batch limit that splits the chunks over three launches of each stage.
-    frames = _frames(np.uint16, (700, 64, 64), 120.0, seed=3)
+    frames = codec_frames(np.uint16, (700, 64, 64), 120.0, seed=3)
     assert _native.codec_dense_sampling(700, 64 * 64) == (5, 5)
     cpu = stemedge.compress(frames, mode="dense", chunk_frames=700)
     assert gpu_encode.compress(frames, chunk_frames=700, stages="host") == cpu
@@ -120,10 +108,10 @@ def test_the_host_steps_refuse_inconsistent_parts():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("dtype", CODEC_INT_DTYPES)
 def test_frames_on_the_gpu_compress_to_the_cpus_bytes(dtype):
     cp = pytest.importorskip("cupy")
-    frames = _frames(dtype, (300, 48, 40), min(80.0, np.iinfo(dtype).max / 4), seed=1)
+    frames = codec_frames(dtype, (300, 48, 40), min(80.0, np.iinfo(dtype).max / 4), seed=1)
     cpu = stemedge.compress(frames, mode="dense", chunk_frames=64)
     on_device = cp.asarray(frames)
     stream = cp.cuda.Stream(non_blocking=True)
@@ -138,8 +126,8 @@ def test_frames_on_the_gpu_compress_to_the_cpus_bytes(dtype):
 def test_gpu_encoding_of_awkward_and_incompressible_frames():
     cp = pytest.importorskip("cupy")
     for frames in (
-        _frames(np.uint16, (2000, 1, 3), 1e4),
-        _frames(np.int8, (5, 7, 9), 0.3),
+        codec_frames(np.uint16, (2000, 1, 3), 1e4),
+        codec_frames(np.int8, (5, 7, 9), 0.3),
         np.random.default_rng(0).integers(0, 256, (64, 16, 16), dtype=np.uint8),
     ):
         assert gpu_encode.compress(cp.asarray(frames)) == stemedge.compress(frames, mode="dense")
