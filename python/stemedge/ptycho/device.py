@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from stemedge import gpu
-from stemedge.ptycho.plan import SSBPlan, mirror_columns, object_wave
+from stemedge.ptycho.plan import SSBPlan, mirror_columns, object_wave, transfer_plane
 
 __all__ = ["gather_device", "reconstruct_cube", "ssb_device"]
 
@@ -120,10 +120,7 @@ def ssb_device(data, plan: SSBPlan, *, stream=None):
         t2 = time.perf_counter()
         phase = cp.angle(wave).astype(cp.float32)
         amplitude = cp.abs(wave).astype(cp.float32)
-        plane = cp.zeros((ny, nx), cp.float32)
-        m = d["mirror"]
-        plane[d["iy"], d["ix"]] = transfer
-        plane[(-d["iy"][m]) % ny, (-d["ix"][m]) % nx] = transfer[m]
+        plane = transfer_plane(d["iy"], d["ix"], d["mirror"], transfer, (ny, nx), xp=cp)
         t3 = time.perf_counter()
     timings = {"gather": t1 - t0, "fft_and_sums": t2 - t1, "finish": t3 - t2}
     return wave, phase, amplitude, plane, timings

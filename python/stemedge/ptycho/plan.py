@@ -107,9 +107,7 @@ def _columns(col_qy, col_qx, col_transfer, scan_shape, calibration) -> _Columns:
     if dc.size != 1:  # pragma: no cover - Q = 0 is always a candidate and always kept
         raise RuntimeError("SSB plan lost the Q = 0 term")
     mirror = mirror_columns(col_qx, nx)
-    transfer = np.zeros(scan_shape, np.float32)
-    transfer[col_qy, col_qx] = col_transfer
-    transfer[(-col_qy[mirror]) % ny, (-col_qx[mirror]) % nx] = col_transfer[mirror]
+    transfer = transfer_plane(col_qy, col_qx, mirror, col_transfer, scan_shape)
     # Fraction of the band 0 < |Q| < 2k_α that the weights cover (pixelation and `cutoff`
     # drop the smallest and largest |Q|).
     sy, sx = calibration.scan_step_A
@@ -123,6 +121,16 @@ def mirror_columns(col_qx, nx: int):
     """Columns whose mirror −Q lies outside the half plane (0 < qx < Nx/2): they are filled by
     F(−Q) = −F*(Q); qx = 0 and the Nyquist column hold both signs already."""
     return (col_qx > 0) & (2 * col_qx.astype(np.int64) != nx)
+
+
+def transfer_plane(col_qy, col_qx, mirror, values, scan_shape, xp=np):
+    """The (ny, nx) float32 plane of per-column ``values`` on the half plane, each mirrored
+    column's value also at −Q. ``xp`` is numpy or cupy."""
+    ny, nx = scan_shape
+    plane = xp.zeros(scan_shape, xp.float32)
+    plane[col_qy, col_qx] = values
+    plane[(-col_qy[mirror]) % ny, (-col_qx[mirror]) % nx] = values[mirror]
+    return plane
 
 
 def object_wave(F, col_qy, col_qx, mirror, dc_column: int, n_frames: int, scan_shape, xp=np):
