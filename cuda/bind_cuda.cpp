@@ -195,6 +195,7 @@ PYBIND11_MODULE(_cuda, m) {
         "without a GPU: returns the status (0: decoded exactly).",
         py::arg("record"));
 
+    m.attr("CODEC_CRC_SEGMENT") = stemedge::cuda::codec::kCrcSegment;  // bytes per CRC part
     m.def(
         "codec_encode_dense",
         [](int stage, std::uintptr_t chunks, long long n_chunks, std::uint64_t max_pixels,

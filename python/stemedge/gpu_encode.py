@@ -42,7 +42,6 @@ __all__ = ["compress"]
 
 _DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32")
 _MOMENTS, _HIST, _PAYLOAD, _CRC = 0, 1, 2, 3
-_CRC_SEGMENT = 4096  # cuda/codec_encode.cuh kCrcSegment
 _BATCH_BYTES = 512 * 2**20
 
 # Mirrors cuda/codec_encode.cuh EncodeChunk (8-byte fields, then the 32 states).
@@ -102,8 +101,15 @@ class _DeviceStages:
         return dev.get().view(ENCODE_RECORD)  # synchronises the stream
 
 
+def _offsets(sizes) -> np.ndarray:
+    """Where each of consecutive blocks of ``sizes`` starts, and the end (int64, len + 1)."""
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
 def _encode_batch(parts: list, pix: tuple[int, ...], dtype: np.dtype, st) -> list[bytes]:
     """The chunks of a batch of (k, pixels) frame stacks (arrays of ``st.xp``)."""
+    from stemedge import _cuda  # the raw CRC's segment size
+
     xp, n = st.xp, len(parts)
     pixels, elem = int(math.prod(pix)), dtype.itemsize
     rec = np.zeros(n, ENCODE_RECORD)
@@ -126,7 +132,7 @@ def _encode_batch(parts: list, pix: tuple[int, ...], dtype: np.dtype, st) -> lis
     base = xp.asarray(np.stack([m["base"] for m in maps]))
     slot = xp.asarray(np.stack([m["slot"] for m in maps]))
     n_slots = [len(m["shift"]) for m in maps]
-    first = np.concatenate([[0], np.cumsum(n_slots)]).astype(np.int64)
+    first = _offsets(n_slots)
     shift = xp.asarray(np.concatenate([m["shift"] for m in maps]).astype(np.uint32))
     hist = xp.zeros((int(first[-1]), 256), np.uint32)
     for i in range(n):
@@ -148,11 +154,11 @@ def _encode_batch(parts: list, pix: tuple[int, ...], dtype: np.dtype, st) -> lis
     qmin = xp.asarray(np.concatenate([m["qmin"] for m in models]).astype(np.int64))
     nsym = xp.asarray(np.concatenate([m["nsym"] for m in models]).astype(np.uint32))
     sizes = [int(p.shape[0]) * pixels for p in parts]
-    word_at = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    word_at = _offsets(sizes)
     bits_cap = [s * elem // 4 + 2 for s in sizes]  # 32-bit words: 8·elem bits per value at most
-    bit_at = np.concatenate([[0], np.cumsum(bits_cap)]).astype(np.int64)
-    crc_n = [max(1, -(-s * elem // _CRC_SEGMENT)) for s in sizes]
-    crc_at = np.concatenate([[0], np.cumsum(crc_n)]).astype(np.int64)
+    bit_at = _offsets(bits_cap)
+    crc_n = [max(1, -(-s * elem // _cuda.CODEC_CRC_SEGMENT)) for s in sizes]
+    crc_at = _offsets(crc_n)
     words = xp.empty(int(word_at[-1]), np.uint16)
     bits = xp.zeros(int(bit_at[-1]), np.uint32)
     crc_parts = xp.empty(int(crc_at[-1]), np.uint32)
@@ -218,8 +224,8 @@ def compress(
 
         return cpu_compress(np.empty(a.shape, dtype), chunk_frames=chunk_frames)
     flat = view.reshape(n, -1)
-    starts = list(range(0, n, int(chunk_frames)))
-    per_batch = max(1, min(65535, batch_bytes // max(1, int(chunk_frames) * frame_bytes)))
+    starts = list(range(0, n, chunk_frames))
+    per_batch = max(1, min(65535, batch_bytes // max(1, chunk_frames * frame_bytes)))
     chunks: list[bytes] = []
     # Every allocation and upload on the encoder's stream, in order with its kernels.
     on_stream = (
@@ -227,6 +233,6 @@ def compress(
     )
     with on_stream:
         for b in range(0, len(starts), per_batch):
-            parts = [flat[s : s + int(chunk_frames)] for s in starts[b : b + per_batch]]
+            parts = [flat[s : s + chunk_frames] for s in starts[b : b + per_batch]]
             chunks += _encode_batch(parts, pix, dtype, st)
     return _container(dtype, a.shape, chunks)
